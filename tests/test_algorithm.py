@@ -1,0 +1,216 @@
+"""Unit tests of the pure functions of section "algorithm" and of the network, for every script."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import SCRIPTS, load_script
+
+CLIPPED = sorted(name for name in SCRIPTS if name != "ppo_penalty.py")
+
+
+@pytest.fixture
+def ppo(script):
+    return load_script(script)
+
+
+def naive_gae(rewards, values, terminations, truncations, final_values, next_value, gamma, gae_lambda):
+    """GAE from its definition, one env and one episode at a time.
+
+    Step t moves obs[t] -> next state. If the episode ended at t (terminated or truncated), the next
+    state is the episode's final obs: worth 0 if terminated, final_values[t] if truncated; otherwise
+    it is obs[t + 1] (or the obs after the rollout). Â_t = Σ_l (γλ)^l δ_t+l within the episode.
+    """
+    num_steps, num_envs = rewards.shape
+    advantages = np.zeros((num_steps, num_envs))
+    for env in range(num_envs):
+        deltas = []
+        for t in range(num_steps):
+            if terminations[t, env]:
+                v_next = 0.0
+            elif truncations[t, env]:
+                v_next = final_values[t, env]
+            else:
+                v_next = values[t + 1, env] if t + 1 < num_steps else next_value[env]
+            deltas.append(rewards[t, env] + gamma * v_next - values[t, env])
+        for t in range(num_steps):
+            total, discount = 0.0, 1.0
+            for k in range(t, num_steps):
+                total += discount * deltas[k]
+                if terminations[k, env] or truncations[k, env]:
+                    break
+                discount *= gamma * gae_lambda
+            advantages[t, env] = total
+    return advantages
+
+
+def test_gae_matches_naive_loop_with_terminations_and_truncations(ppo):
+    rng = np.random.default_rng(0)
+    num_steps, num_envs, gamma, gae_lambda = 40, 3, 0.97, 0.9
+    rewards = rng.normal(size=(num_steps, num_envs))
+    values = rng.normal(size=(num_steps, num_envs))
+    final_values = rng.normal(size=(num_steps, num_envs))
+    next_value = rng.normal(size=num_envs)
+    terminations = rng.random((num_steps, num_envs)) < 0.1
+    terminations[-1, :] = [True, False, False]  # boundaries on the last step too
+    truncations = ~terminations & (rng.random((num_steps, num_envs)) < 0.1)
+    truncations[-1, :] = [False, True, False]
+    expected = naive_gae(rewards, values, terminations, truncations, final_values, next_value, gamma, gae_lambda)
+
+    # the scripts' convention: the truncation bootstrap is folded into the reward, and
+    # dones[t] = "obs[t] starts an episode" = the step before it ended one
+    ended = terminations | truncations
+    folded = rewards + gamma * final_values * truncations
+    dones = np.zeros_like(rewards)
+    dones[1:] = ended[:-1]
+    as_t = lambda x: torch.tensor(x, dtype=torch.float32)  # noqa: E731
+    advantages, returns = ppo.compute_gae(
+        as_t(folded), as_t(values), as_t(dones), as_t(next_value).reshape(1, -1), as_t(ended[-1]), gamma, gae_lambda
+    )
+    assert advantages.shape == (num_steps, num_envs)
+    np.testing.assert_allclose(advantages.numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(returns.numpy(), expected + values, rtol=1e-5, atol=1e-5)
+
+
+def test_gae_closed_form_single_reward_at_the_end(ppo):
+    """One episode that pays 1 when it terminates, V = 0: Â_t = (γλ)^(T-1-t), and at λ=1 the
+    return is γ^(T-1-t), the discounted reward."""
+    num_steps, gamma = 10, 0.9
+    rewards = torch.zeros(num_steps, 1)
+    rewards[-1] = 1.0
+    values, dones = torch.zeros(num_steps, 1), torch.zeros(num_steps, 1)
+    next_value, next_done = torch.full((1, 1), 123.0), torch.ones(1)  # terminal: 123 must not leak in
+    for gae_lambda in (0.95, 1.0):
+        advantages, returns = ppo.compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda)
+        expected = torch.tensor([(gamma * gae_lambda) ** (num_steps - 1 - t) for t in range(num_steps)])
+        torch.testing.assert_close(advantages[:, 0], expected)
+    torch.testing.assert_close(returns[:, 0], torch.tensor([gamma ** (num_steps - 1 - t) for t in range(num_steps)]))
+
+
+def test_gae_bootstraps_from_next_value_when_not_done(ppo):
+    gamma, gae_lambda = 0.5, 1.0
+    rewards, values, dones = torch.zeros(2, 1), torch.zeros(2, 1), torch.zeros(2, 1)
+    advantages, _ = ppo.compute_gae(rewards, values, dones, torch.full((1, 1), 8.0), torch.zeros(1), gamma, gae_lambda)
+    torch.testing.assert_close(advantages[:, 0], torch.tensor([2.0, 4.0]))
+
+
+@pytest.mark.parametrize("script", CLIPPED)
+def test_policy_loss_at_ratio_one_is_minus_mean_advantage(ppo):
+    advantages = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    loss = ppo.policy_loss(advantages, torch.ones(4), clip_coef=0.2)
+    torch.testing.assert_close(loss, -advantages.mean())
+
+
+@pytest.mark.parametrize("script", CLIPPED)
+@pytest.mark.parametrize(
+    "ratio, advantage, clipped",
+    [
+        (1.5, 1.0, True),  # above 1+ε with Â>0: no incentive to go higher
+        (0.5, -1.0, True),  # below 1-ε with Â<0: no incentive to go lower
+        (1.5, -1.0, False),  # above 1+ε but Â<0: the pessimistic bound still pulls it back
+        (0.5, 1.0, False),  # below 1-ε but Â>0: pulled back up
+        (1.1, 1.0, False),  # inside 1±ε: plain policy gradient
+        (0.9, -1.0, False),
+    ],
+)
+def test_policy_loss_gradient_vanishes_only_outside_the_clip_range_in_the_advantage_direction(
+    ppo, ratio, advantage, clipped
+):
+    r = torch.tensor([ratio], requires_grad=True)
+    ppo.policy_loss(torch.tensor([advantage]), r, clip_coef=0.2).backward()
+    if clipped:
+        assert r.grad.item() == 0.0
+    else:
+        assert r.grad.item() == pytest.approx(-advantage)  # d(-r·Â)/dr
+
+
+def test_value_loss_unclipped_is_half_mse(ppo):
+    new, old, ret = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0]), torch.tensor([0.0, 4.0])
+    loss = ppo.value_loss(new, old, ret, clip_coef=0.2, clip_vloss=False)
+    torch.testing.assert_close(loss, torch.tensor(0.5 * (1.0 + 4.0) / 2))
+
+
+def test_value_loss_clipped_takes_the_pessimistic_error(ppo):
+    old, eps = torch.tensor([0.0, 0.0, 0.0]), 0.2
+    # moved past the target: unclipped error 0, clipped error (0.2-0.5)^2; max picks the clipped one
+    # moved away from the target: both errors equal the unclipped one (1.0-(-1))^2 vs (-0.2-(-1))^2
+    # inside the range: the clip does nothing
+    new = torch.tensor([0.5, 1.0, 0.1], requires_grad=True)
+    ret = torch.tensor([0.5, -1.0, 0.3])
+    loss = ppo.value_loss(new, old, ret, clip_coef=eps, clip_vloss=True)
+    expected = 0.5 * torch.tensor([(0.2 - 0.5) ** 2, (1.0 + 1.0) ** 2, (0.1 - 0.3) ** 2]).mean()
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert new.grad[0].item() == 0.0  # the clipped term wins: no gradient through the new value
+    assert new.grad[1].item() != 0.0 and new.grad[2].item() != 0.0
+
+
+def test_kl_estimators_agree_with_the_exact_kl(ppo):
+    torch.manual_seed(0)
+    p_old = torch.distributions.Categorical(logits=torch.tensor([0.0, 1.0, -1.0]))
+    p_new = torch.distributions.Categorical(logits=torch.tensor([0.3, 0.8, -0.5]))
+    actions = p_old.sample((200000,))
+    logratio = p_new.log_prob(actions) - p_old.log_prob(actions)
+    old_approx_kl, approx_kl = ppo.approx_kl(logratio)
+    exact = torch.distributions.kl_divergence(p_old, p_new)
+    assert approx_kl.item() == pytest.approx(exact.item(), rel=0.05)
+    assert old_approx_kl.item() == pytest.approx(exact.item(), rel=0.05)
+    # at ratio 1 both vanish; the (r-1)-log r estimator is never negative
+    assert ppo.approx_kl(torch.zeros(5))[1].item() == 0.0
+    assert (((logratio.exp() - 1) - logratio) >= 0).all()
+
+
+def test_explained_variance(ppo):
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    assert ppo.explained_variance(y, y) == 1.0
+    assert ppo.explained_variance(np.full(4, y.mean()), y) == 0.0
+    assert math.isnan(ppo.explained_variance(y, np.ones(4)))
+
+
+def test_layer_init_is_orthogonal_with_the_gain_and_zero_bias(ppo):
+    torch.manual_seed(0)
+    for gain in (math.sqrt(2), 1.0, 0.01):
+        layer = ppo.layer_init(torch.nn.Linear(64, 8), std=gain)
+        w = layer.weight.detach()
+        torch.testing.assert_close(w @ w.T, gain**2 * torch.eye(8), atol=1e-5, rtol=1e-4)
+        assert (layer.bias == 0).all()
+
+
+MLP_CATEGORICAL = sorted(name for name in SCRIPTS if name in ("ppo_discrete.py", "ppo_penalty.py"))
+
+
+@pytest.mark.parametrize("script", MLP_CATEGORICAL)
+def test_agent_init_gains(ppo):
+    """Orthogonal init: gain √2 on hidden layers, 0.01 on the policy head, 1 on the value head."""
+    torch.manual_seed(0)
+    agent = ppo.Agent(8, 3)
+    gains = {"actor": [math.sqrt(2), math.sqrt(2), 0.01], "critic": [math.sqrt(2), math.sqrt(2), 1.0]}
+    for net, expected in gains.items():
+        linears = [m for m in getattr(agent, net) if isinstance(m, torch.nn.Linear)]
+        assert len(linears) == len(expected)
+        for layer, gain in zip(linears, expected, strict=True):
+            w = layer.weight.detach()
+            small = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+            torch.testing.assert_close(small, gain**2 * torch.eye(small.shape[0]), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("script", MLP_CATEGORICAL)
+def test_agent_categorical_matches_torch_distributions(ppo):
+    torch.manual_seed(0)
+    agent = ppo.Agent(4, 3)
+    with torch.no_grad():  # make the policy far from uniform so the checks have teeth
+        agent.actor[-1].weight.mul_(300)
+    x = torch.randn(5, 4)
+    actions = torch.tensor([0, 1, 2, 1, 0])
+    _, logprob, entropy, value = agent.get_action_and_value(x, actions)
+    reference = torch.distributions.Categorical(logits=agent.actor(x))
+    torch.testing.assert_close(logprob, reference.log_prob(actions))
+    torch.testing.assert_close(entropy, reference.entropy())
+    torch.testing.assert_close(value, agent.get_value(x))
+    # the Gumbel-max draw follows the policy's probabilities
+    x1 = x[:1].expand(20000, -1)
+    sampled, logprob, _, _ = agent.get_action_and_value(x1)
+    frequencies = torch.bincount(sampled, minlength=3).float() / len(sampled)
+    torch.testing.assert_close(frequencies, reference.probs[0].detach(), atol=0.015, rtol=0)
+    torch.testing.assert_close(logprob, reference.probs[0].log()[sampled])
