@@ -16,6 +16,12 @@ SCRIPTS = {
     "ppo_discrete.py": {
         "env_id": "CartPole-v1",
         "tiny": ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "256", "--eval-episodes", "2"],
+        "wrong_env": ("Pendulum-v1", "ppo_continuous.py"),
+    },
+    "ppo_penalty.py": {
+        "env_id": "CartPole-v1",
+        "tiny": ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "256", "--eval-episodes", "2"],
+        "wrong_env": ("Pendulum-v1", "ppo_continuous.py"),
     },
 }
 
@@ -46,9 +52,7 @@ def load_script(name: str):
 def run_script(script, args, cwd, timeout=300, check=True) -> subprocess.CompletedProcess:
     """Runs a script (a name under ROOT or a path) with args in cwd; returns the finished process."""
     path = script if os.path.isabs(str(script)) else ROOT / script
-    proc = subprocess.run(
-        [sys.executable, str(path), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
+    proc = subprocess.run([sys.executable, str(path), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
     if check:
         assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc
@@ -67,6 +71,6 @@ def scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-@pytest.fixture(params=sorted(SCRIPTS))
+@pytest.fixture(scope="module", params=sorted(SCRIPTS))
 def script(request) -> str:
     return request.param

@@ -1,0 +1,182 @@
+"""Runs PPO variants on env ids and seeds, one after the other, and writes a results table and
+learning curves read from the TensorBoard files.
+
+    python benchmarks/learning.py --env-ids CartPole-v1 Acrobot-v1 --seeds 1 2 3 \
+        --variant "clip=ppo_discrete.py" --out benchmarks/results/discrete
+
+A variant is LABEL=SCRIPT [ARGS...]; its extra args go to the script. Each run's folder, table row
+and curve come from the same event file. Written to --out: results.md (mean ± std over seeds of
+the final return = mean over episodes in the last 10% of steps, steps and wall seconds until the
+20-episode moving mean first reaches --threshold, SPS, peak RSS), results.json, one PNG per env.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+WINDOW = 20  # episodes in the moving mean that must reach the threshold
+
+
+def read_scalars(run_dir: str) -> dict[str, list[tuple[float, int, float]]]:
+    """tag -> [(wall_time, step, value)] of every scalar in the run's event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.wall_time, e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def summarize(logged: dict, total_timesteps: int, threshold: float | None, start_time: float) -> dict:
+    episodes = logged.get("charts/episodic_return", [])
+    steps = np.array([s for _, s, _ in episodes])
+    returns = np.array([v for _, _, v in episodes])
+    last = returns[steps >= 0.9 * total_timesteps]
+    row = {
+        "final_return": float(last.mean()) if len(last) else float("nan"),
+        "sps": logged["charts/SPS"][-1][2] if "charts/SPS" in logged else float("nan"),
+        "steps_to_threshold": None,
+        "seconds_to_threshold": None,
+    }
+    if threshold is not None:
+        for k in range(WINDOW, len(returns) + 1):
+            if returns[k - WINDOW : k].mean() >= threshold:
+                row["steps_to_threshold"] = int(steps[k - 1])
+                row["seconds_to_threshold"] = round(episodes[k - 1][0] - start_time, 1)
+                break
+    return row
+
+
+def run_one(label, script, extra, env_id, seed, total_timesteps, threshold, workdir) -> dict:
+    workdir.mkdir(parents=True, exist_ok=True)
+    exp_name = f"{Path(script).stem}_{label}".replace(" ", "_").replace("=", "").replace("β", "beta")
+    args = [str(ROOT / script), "--env-id", env_id, "--seed", str(seed), "--total-timesteps", str(total_timesteps)]
+    args += ["--exp-name", exp_name, "--eval-episodes", "0", *extra]
+    start = time.time()
+    proc = subprocess.Popen([sys.executable, *args], cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, rusage = os.wait4(proc.pid, 0)
+    stderr = proc.stderr.read().decode()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{label} {env_id} seed {seed} failed:\n{stderr}")
+    run_dir = max((workdir / "runs").glob(f"{env_id.replace('/', '-')}__{exp_name}__{seed}__*"), key=os.path.getmtime)
+    logged = read_scalars(str(run_dir))
+    row = summarize(logged, total_timesteps, threshold, start)
+    row.update(
+        label=label,
+        script=script,
+        args=extra,
+        env_id=env_id,
+        seed=seed,
+        wall_s=round(time.time() - start, 1),
+        peak_rss_mb=round(rusage.ru_maxrss / 1024),
+        run_dir=str(run_dir),
+    )
+    row["curve"] = [(s, v) for _, s, v in logged.get("charts/episodic_return", [])]
+    print(
+        f"{label:>16} {env_id:>16} seed {seed}: final {row['final_return']:9.2f}  SPS {row['sps']:7.0f}  "
+        f"wall {row['wall_s']:7.1f}s  to threshold {row['steps_to_threshold']}",
+        flush=True,
+    )
+    return row
+
+
+def fmt(values, digits=1) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "not reached"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+
+
+def write_table(rows, args, command: str, out: Path) -> None:
+    lines = [
+        f"Command: `{command}`  ",
+        f"Date: {datetime.date.today().isoformat()}; machine: {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch threads as each script's default; {args.total_timesteps} steps per run, seeds {args.seeds}.",
+        "",
+        f"| env | variant | final return (mean ± std over seeds) | steps to {args.threshold} | seconds to "
+        f"{args.threshold} | runs reaching it | SPS (median) | peak RSS MB (max) |",
+        "|-|-|-|-|-|-|-|-|",
+    ]
+    for env_id in args.env_ids:
+        for label, _, _ in args.variants:
+            group = [r for r in rows if r["env_id"] == env_id and r["label"] == label]
+            reached = [r for r in group if r["steps_to_threshold"] is not None]
+            lines.append(
+                f"| {env_id} | {label} | {fmt([r['final_return'] for r in group])} | "
+                f"{fmt([r['steps_to_threshold'] for r in reached], 0)} | "
+                f"{fmt([r['seconds_to_threshold'] for r in reached])} | {len(reached)}/{len(group)} | "
+                f"{np.median([r['sps'] for r in group]):.0f} | {max(r['peak_rss_mb'] for r in group)} |"
+            )
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def plot_curves(rows, args, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = np.linspace(0, args.total_timesteps, 101)
+    for env_id in args.env_ids:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for label, _, _ in args.variants:
+            curves = []
+            for r in (r for r in rows if r["env_id"] == env_id and r["label"] == label):
+                steps, values = np.array(r["curve"]).T if r["curve"] else (np.zeros(1), np.zeros(1))
+                smooth = (
+                    np.convolve(values, np.ones(WINDOW) / WINDOW, mode="valid") if len(values) >= WINDOW else values
+                )
+                curves.append(np.interp(grid, steps[len(steps) - len(smooth) :], smooth))
+            mean, std = np.mean(curves, axis=0), np.std(curves, axis=0)
+            ax.plot(grid, mean, label=f"{label} ({len(curves)} seeds)")
+            ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
+        ax.set(title=env_id, xlabel="environment steps", ylabel=f"episodic return ({WINDOW}-episode mean)")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / f"{env_id.replace('/', '-')}.png", dpi=100)
+        plt.close(fig)
+
+
+def parse_variant(text: str) -> tuple[str, str, list[str]]:
+    label, _, spec = text.partition("=")
+    script, *extra = shlex.split(spec)
+    if not label or not (ROOT / script).is_file():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LABEL=SCRIPT [ARGS...] with SCRIPT in {ROOT}")
+    return label, script, extra
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env-ids", nargs="+", required=True)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--total-timesteps", type=int, required=True)
+    parser.add_argument("--variant", dest="variants", action="append", type=parse_variant, required=True)
+    parser.add_argument("--threshold", type=float, default=None, help="return whose first crossing is timed")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]])
+    rows = []
+    for env_id in args.env_ids:
+        for label, script, extra in args.variants:
+            for seed in args.seeds:
+                workdir = args.out / "raw"
+                rows.append(run_one(label, script, extra, env_id, seed, args.total_timesteps, args.threshold, workdir))
+    (args.out / "results.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
+    write_table(rows, args, command, args.out)
+    plot_curves(rows, args, args.out)
+    print((args.out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

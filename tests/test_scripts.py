@@ -1,0 +1,206 @@
+"""End-to-end tests: every script run as a subprocess on a tiny budget, checked by what it wrote."""
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import ROOT, SCRIPTS, TRAIN_TAGS, load_script, run_dirs, run_script, scalars
+
+
+def tiny(script: str) -> list[str]:
+    return ["--env-id", SCRIPTS[script]["env_id"], *SCRIPTS[script]["tiny"]]
+
+
+def expected_tags(script: str) -> set[str]:
+    return TRAIN_TAGS - set(SCRIPTS[script].get("skip_tags", ()))
+
+
+def checkpoint_path(run_dir: str, script: str) -> str:
+    return os.path.join(run_dir, script[: -len(".py")] + ".pt")
+
+
+@pytest.fixture(scope="module")
+def trained(script, tmp_path_factory):
+    """A tiny run with --save-model: (cwd, run_dir, checkpoint, stdout)."""
+    cwd = tmp_path_factory.mktemp("trained")
+    proc = run_script(script, [*tiny(script), "--save-model"], cwd)
+    (run_dir,) = run_dirs(cwd)
+    return cwd, run_dir, checkpoint_path(run_dir, script), proc.stdout
+
+
+def test_tiny_run_logs_every_tag_hyperparameters_and_progress(script, trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, run_dir, _, stdout = trained
+    logged = scalars(run_dir)
+    assert expected_tags(script) | {"eval/episodic_return"} <= set(logged)
+    losses = logged["losses/value_loss"]
+    assert len(losses) >= 2 and all(step > 0 for step, _ in losses)
+    acc = EventAccumulator(run_dir)
+    acc.Reload()
+    assert any("hyperparameters" in tag for tag in acc.Tags()["tensors"])
+    assert "step" in stdout and "SPS" in stdout and "ETA" in stdout
+    assert len(stdout.splitlines()) < 10  # not one line per iteration in a log file
+
+
+def test_checkpoint_holds_weights_optimizer_args_step_and_rng(script, trained):
+    _, _, path, _ = trained
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["script"] == script
+    assert {"model", "optimizer", "args", "iteration", "global_step", "rng"} <= set(checkpoint)
+    assert checkpoint["args"]["env_id"] == SCRIPTS[script]["env_id"]
+    assert checkpoint["global_step"] > 0 and checkpoint["iteration"] > 0
+
+
+def test_resume_continues_step_count_and_learning_rate_schedule(script, trained):
+    cwd, run_dir, path, _ = trained
+    first = scalars(run_dir)["charts/learning_rate"]
+    batch_size, last_step, num_iterations = first[0][0], first[-1][0], len(first)
+    total = 2 * num_iterations * batch_size
+    run_script(script, [*tiny(script), "--total-timesteps", str(total), "--resume", path], cwd)
+    resumed_dir = [d for d in run_dirs(cwd) if d != run_dir]
+    assert len(resumed_dir) == 1
+    second = scalars(resumed_dir[0])["charts/learning_rate"]
+    assert second[0][0] == last_step + batch_size
+    assert len(second) == num_iterations
+    # the schedule is at iteration num_iterations + 1 of 2 * num_iterations: half the initial rate
+    assert second[0][1] == pytest.approx(first[0][1] / 2, rel=1e-5)
+
+
+def test_eval_checkpoint_evaluates_without_training(script, trained, tmp_path):
+    _, _, path, _ = trained
+    proc = run_script(script, [*tiny(script), "--eval-checkpoint", path, "--eval-episodes", "2"], tmp_path)
+    assert "eval" in proc.stdout
+    (eval_dir,) = run_dirs(tmp_path)
+    logged = scalars(eval_dir)
+    assert len(logged["eval/episodic_return"]) == 2
+    assert "losses/value_loss" not in logged
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_mid_run_stops_cleanly_with_log_and_checkpoint(script, tmp_path, signum):
+    args = [*tiny(script), "--total-timesteps", "100000000", "--save-model", "--eval-episodes", "0"]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / script), *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until training has logged a few updates
+        dirs = run_dirs(tmp_path)
+        if dirs and len(scalars(dirs[0]).get("losses/value_loss", [])) >= 2:
+            break
+        time.sleep(0.5)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, stderr.decode()
+    assert b"Traceback" not in stderr
+    (run_dir,) = run_dirs(tmp_path)
+    logged = scalars(run_dir)
+    assert len(logged["losses/value_loss"]) >= 2
+    checkpoint = torch.load(checkpoint_path(run_dir, script), weights_only=True)
+    assert checkpoint["global_step"] == logged["losses/value_loss"][-1][0]
+
+
+def bad_inputs(script: str) -> list[tuple[list[str], str]]:
+    wrong_env, wrong_env_hint = SCRIPTS[script]["wrong_env"]
+    return [
+        (["--env-id", "NoSuchEnv-v0"], "unknown --env-id"),
+        (["--env-id", wrong_env], wrong_env_hint),
+        (["--num-envs", "0"], "--num-envs"),
+        (["--num-steps", "0"], "--num-steps"),
+        (["--num-minibatches", "7"], "must divide"),
+        (["--update-epochs", "0"], "--update-epochs"),
+        (["--total-timesteps", "1"], "smaller than one batch"),
+        (["--clip-coef", "-0.1"], "--clip-coef"),
+        (["--gamma", "1.5"], "--gamma"),
+        (["--gae-lambda", "-1"], "--gae-lambda"),
+        (["--ent-coef", "-1"], "--ent-coef"),
+        (["--learning-rate", "0"], "--learning-rate"),
+        (["--max-grad-norm", "0"], "--max-grad-norm"),
+        (["--target-kl", "0"], "--target-kl"),
+        (["--eval-episodes", "-1"], "--eval-episodes"),
+        (["--resume", "missing.pt"], "does not exist"),
+        (["--eval-checkpoint", "not_a_checkpoint.pt"], "not a checkpoint"),
+        (["--eval-checkpoint", "pickle_with_code.pt"], "not a checkpoint"),
+        (["--eval-checkpoint", "other_script.pt"], "other.py"),
+    ]
+
+
+@pytest.fixture
+def bad_files(script, tmp_path, monkeypatch):
+    """A folder with files that are not checkpoints of this script; the test runs in it."""
+    (tmp_path / "not_a_checkpoint.pt").write_text("hello")
+    torch.save({"script": "other.py", "model": {}}, tmp_path / "other_script.pt")
+    torch.save({"script": script, "payload": tmp_path}, tmp_path / "pickle_with_code.pt")  # needs unpickling code
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_every_bad_argument_is_named_in_one_line(script, bad_files):
+    import tyro
+
+    ppo = load_script(script)
+    assert ppo.check_args(tyro.cli(ppo.Args, args=tiny(script))) is None
+    for args, fragment in bad_inputs(script):
+        message = ppo.check_args(tyro.cli(ppo.Args, args=[*tiny(script), *args]))
+        assert message is not None and fragment in message, (args, message)
+        assert "\n" not in message, (args, message)
+    assert sorted(os.listdir(bad_files)) == ["not_a_checkpoint.pt", "other_script.pt", "pickle_with_code.pt"]
+
+
+@pytest.mark.parametrize("case", [0, 1, 17])  # unknown env, wrong action space, a file that is not a checkpoint
+def test_bad_input_exits_non_zero_with_one_line_and_writes_nothing(script, bad_files, case):
+    args, fragment = bad_inputs(script)[case]
+    proc = run_script(script, [*tiny(script), *args], bad_files, check=False)
+    assert proc.returncode != 0
+    message = proc.stderr.strip()
+    assert "Traceback" not in message and len(message.splitlines()) == 1 and fragment in message, message
+    assert message.startswith(f"{script}: error: ")
+    assert not os.path.exists(bad_files / "runs")
+
+
+def test_unparseable_flag_exits_non_zero_without_traceback(script, tmp_path):
+    for args in (["--num-envs", "abc"], ["--no-such-flag"]):
+        proc = run_script(script, args, tmp_path, check=False)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        assert "--num-envs" in proc.stderr or "--no-such-flag" in proc.stderr
+
+
+def test_same_seed_logs_identical_values(script, trained, tmp_path):
+    _, trained_dir, _, _ = trained
+    logs = []
+    for seed in ("1", "2"):
+        (tmp_path / seed).mkdir()
+        run_script(script, [*tiny(script), "--seed", seed], tmp_path / seed)
+        (run_dir,) = run_dirs(tmp_path / seed)
+        logs.append({tag: values for tag, values in scalars(run_dir).items() if tag != "charts/SPS"})
+    reference = {tag: values for tag, values in scalars(trained_dir).items() if tag != "charts/SPS"}
+    assert logs[0] == reference  # seed 1, like the trained run (whose --save-model changes nothing logged)
+    assert len(reference["losses/policy_loss"]) >= 2
+    assert logs[1]["losses/policy_loss"] != reference["losses/policy_loss"]
+
+
+def test_script_copied_alone_into_an_empty_folder_runs(script, tmp_path):
+    shutil.copy(ROOT / script, tmp_path / script)
+    run_script(str(tmp_path / script), [*tiny(script), "--eval-episodes", "0"], tmp_path)
+    assert len(run_dirs(tmp_path)) == 1
+
+
+def test_importing_the_script_does_nothing(script, tmp_path):
+    code = f"import importlib.util as u; s = u.spec_from_file_location('m', {str(ROOT / script)!r}); "
+    code += "m = u.module_from_spec(s); s.loader.exec_module(m); assert callable(m.main)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "" and os.listdir(tmp_path) == []
+
+
+def test_capture_video_writes_mp4_of_env_0(script, tmp_path):
+    run_script(script, [*tiny(script), "--capture-video", "--eval-episodes", "0"], tmp_path)
+    (run_dir,) = run_dirs(tmp_path)
+    videos = glob.glob(str(tmp_path / "videos" / os.path.basename(run_dir) / "*.mp4"))
+    assert videos and all(os.path.getsize(v) > 0 for v in videos)
