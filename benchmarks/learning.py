@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -148,11 +149,10 @@ def plot_curves(rows, args, out: Path) -> None:
 
 
 def parse_variant(text: str) -> tuple[str, str, list[str]]:
-    label, _, spec = text.partition("=")
-    script, *extra = shlex.split(spec)
-    if not label or not (ROOT / script).is_file():
+    match = re.fullmatch(r"(.+)=(\S+\.py)(\s.*)?", text)  # the label may hold "=" itself: "fixed β=1"
+    if not match or not (ROOT / match[2]).is_file():
         raise argparse.ArgumentTypeError(f"{text!r}: expected LABEL=SCRIPT [ARGS...] with SCRIPT in {ROOT}")
-    return label, script, extra
+    return match[1], match[2], shlex.split(match[3] or "")
 
 
 def main() -> None:
