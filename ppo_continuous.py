@@ -161,6 +161,7 @@ def check_args(args: Args) -> str | None:
         (args.max_grad_norm > 0, "--max-grad-norm must be positive"),
         (args.target_kl is None or args.target_kl > 0, "--target-kl must be positive (or omitted)"),
         (args.resume is None or args.eval_checkpoint is None, "pass --resume or --eval-checkpoint, not both"),
+        (args.eval_checkpoint is None or args.eval_episodes > 0, "--eval-checkpoint needs --eval-episodes 1 or more"),
     ]
     for ok, message in checks:
         if not ok:
@@ -180,6 +181,12 @@ def check_args(args: Args) -> str | None:
                 return str(e)
             if checkpoint["args"]["env_id"] != args.env_id:
                 return f"{path!r} was trained on {checkpoint['args']['env_id']}; pass --env-id {checkpoint['args']['env_id']}"
+            trained = checkpoint["args"]
+            if args.resume and (trained["num_envs"], trained["num_steps"]) != (args.num_envs, args.num_steps):
+                return (
+                    f"{path!r} was trained with --num-envs {trained['num_envs']} --num-steps "
+                    f"{trained['num_steps']}; resume with the same sizes"
+                )
             if args.resume and checkpoint["iteration"] >= args.num_iterations:
                 return (
                     f"{path!r} already holds {checkpoint['global_step']} steps; "
@@ -214,6 +221,8 @@ def check_env_spaces(env_id: str) -> str | None:
 def make_env(env_id: str, idx: int, capture_video: bool, run_name: str):
     def thunk():
         if capture_video and idx == 0:
+            if sys.platform == "linux" and "DISPLAY" not in os.environ:
+                os.environ.setdefault("MUJOCO_GL", "egl")  # no display: MuJoCo renders through EGL, not GLFW
             env = gym.make(env_id, render_mode="rgb_array")
             env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
         else:
@@ -246,19 +255,10 @@ def make_envs(env_id: str, num_envs: int, capture_video: bool, run_name: str, ga
     # rewards divided by the running std of the discounted return (one statistic for all envs), clipped
     envs = gym.wrappers.vector.NormalizeReward(envs, gamma=gamma)
     return_rms = envs.return_rms
-    envs = gym.wrappers.vector.ClipReward(envs, -10.0, 10.0)
+    envs = gym.wrappers.vector.TransformReward(envs, lambda reward: np.clip(reward, -10.0, 10.0))
     # vector wrappers do not pass attribute reads down to the env they wrap: expose what main reads
     envs.obs_rms, envs.return_rms, envs.return_queue = obs_rms, return_rms, return_queue
     return envs
-
-
-def get_rms_state(rms: RunningMeanStd) -> dict:
-    """A normalization statistic as tensors, which torch.load(weights_only=True) reads back."""
-    return {"mean": torch.tensor(rms.mean), "var": torch.tensor(rms.var), "count": float(rms.count)}
-
-
-def set_rms_state(rms: RunningMeanStd, state: dict) -> None:
-    rms.mean, rms.var, rms.count = state["mean"].numpy().copy(), state["var"].numpy().copy(), state["count"]
 
 
 # ---- network ----
@@ -368,23 +368,24 @@ def explained_variance(y_pred: np.ndarray, y_true: np.ndarray) -> float:
 
 # ---- main ----
 def save_checkpoint(
-    path: str, agent: nn.Module, optimizer, args: Args, iteration: int, global_step: int, envs: gym.vector.VectorEnv
+    path: str, agent: nn.Module, optimizer, args: Args, iteration: int, global_step: int, **state
 ) -> None:
+    """Writes what --resume needs; state holds what the variant adds to it (β, normalization)."""
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     rng = {
         "python": list(random.getstate()[1]),
-        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        "numpy": [keys.tolist(), pos, has_gauss, cached_gaussian],  # the position too, not only the keys
         "torch": torch.get_rng_state(),
     }
     checkpoint = {
         "script": os.path.basename(__file__),
         "model": agent.state_dict(),
-        "obs_rms": get_rms_state(envs.obs_rms),  # the normalization statistics are part of the model
-        "return_rms": get_rms_state(envs.return_rms),
         "optimizer": optimizer.state_dict(),
         "args": asdict(args),
         "iteration": iteration,
         "global_step": global_step,
         "rng": rng,
+        **state,
     }
     torch.save(checkpoint, path + ".tmp")
     os.replace(path + ".tmp", path)  # a kill mid-save never leaves a half-written checkpoint
@@ -392,7 +393,8 @@ def save_checkpoint(
 
 def restore_rng(rng: dict) -> None:
     random.setstate((3, tuple(rng["python"]), None))
-    np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
+    keys, pos, has_gauss, cached_gaussian = rng["numpy"]
+    np.random.set_state(("MT19937", np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached_gaussian))
     torch.set_rng_state(rng["torch"])
 
 
@@ -449,12 +451,13 @@ def main(args: Args) -> None:
     start_iteration, global_step = 1, 0
     if checkpoint is not None:
         agent.load_state_dict(checkpoint["model"])
-        set_rms_state(envs.obs_rms, checkpoint["obs_rms"])
-        set_rms_state(envs.return_rms, checkpoint["return_rms"])
+        for name, rms in (("obs_rms", envs.obs_rms), ("return_rms", envs.return_rms)):
+            state = checkpoint["normalization"][name]
+            rms.mean, rms.var, rms.count = state["mean"].numpy(), state["var"].numpy(), state["count"]
     if args.eval_checkpoint:
         envs.close()
         returns = evaluate(
-            agent, args.env_id, args.eval_episodes or 10, args.seed, args.eval_deterministic, device, envs.obs_rms
+            agent, args.env_id, args.eval_episodes, args.seed, args.eval_deterministic, device, envs.obs_rms
         )
         for i, episodic_return in enumerate(returns):
             writer.add_scalar("eval/episodic_return", episodic_return, i)
@@ -479,7 +482,7 @@ def main(args: Args) -> None:
 
     # A SIGINT or SIGTERM ends training after the current iteration; the finally block then saves,
     # flushes and closes. A second Ctrl-C aborts at once (still closing the log).
-    stop = {"signal": None}
+    stop = {"signal": None, "aborted": False}
 
     def request_stop(signum, frame):
         if stop["signal"] is not None:
@@ -515,12 +518,14 @@ def main(args: Args) -> None:
                     logprobs[step] = logprob
 
                     next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
-                    if args.bootstrap_truncated and truncations.any():
+                    truncated = truncations & ~terminations  # TimeLimit also flags a terminal last step
+                    if args.bootstrap_truncated and truncated.any():
                         # A time limit is not a terminal state: the return goes on past it, so fold
                         # γ·V(final obs) into the last reward; the episode boundary still cuts the GAE sum.
-                        final_obs = np.stack(infos["final_obs"][truncations])
+                        # final_obs is normalized like next_obs (in make_env), V is in the scaled reward's units.
+                        final_obs = np.stack(infos["final_obs"][truncated])
                         final_values = agent.get_value(torch.as_tensor(final_obs, dtype=torch.float32, device=device))
-                        reward[truncations] += args.gamma * final_values.flatten().cpu().numpy()
+                        reward[truncated] += args.gamma * final_values.flatten().cpu().numpy()
                     rewards[step] = torch.as_tensor(reward, device=device)
                     next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
                     next_done = torch.as_tensor(
@@ -621,10 +626,17 @@ def main(args: Args) -> None:
             for i, episodic_return in enumerate(returns):
                 writer.add_scalar("eval/episodic_return", episodic_return, i)
             print(f"\neval: return {np.mean(returns):.2f} ± {np.std(returns):.2f} over {len(returns)} episodes")
+    except KeyboardInterrupt:  # a second Ctrl-C: the iteration is half done, so no checkpoint of it
+        stop["aborted"] = True
     finally:
-        if args.save_model:
+        if args.save_model and not stop["aborted"]:
             model_path = f"runs/{run_name}/{args.exp_name}.pt"
-            save_checkpoint(model_path, agent, optimizer, args, iteration, global_step, envs)
+            # the normalization statistics are part of the model; tensors, for weights-only loading
+            normalization = {
+                name: {"mean": torch.tensor(rms.mean), "var": torch.tensor(rms.var), "count": float(rms.count)}
+                for name, rms in (("obs_rms", envs.obs_rms), ("return_rms", envs.return_rms))
+            }
+            save_checkpoint(model_path, agent, optimizer, args, iteration, global_step, normalization=normalization)
             print(f"\nmodel saved to {model_path}")
         envs.close()
         writer.close()

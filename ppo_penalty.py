@@ -165,6 +165,7 @@ def check_args(args: Args) -> str | None:
         (args.max_grad_norm > 0, "--max-grad-norm must be positive"),
         (args.target_kl is None or args.target_kl > 0, "--target-kl must be positive (or omitted)"),
         (args.resume is None or args.eval_checkpoint is None, "pass --resume or --eval-checkpoint, not both"),
+        (args.eval_checkpoint is None or args.eval_episodes > 0, "--eval-checkpoint needs --eval-episodes 1 or more"),
         (args.kl_coef >= 0, "--kl-coef must be 0 or more"),
         (args.kl_target > 0, "--kl-target must be positive"),
     ]
@@ -186,6 +187,12 @@ def check_args(args: Args) -> str | None:
                 return str(e)
             if checkpoint["args"]["env_id"] != args.env_id:
                 return f"{path!r} was trained on {checkpoint['args']['env_id']}; pass --env-id {checkpoint['args']['env_id']}"
+            trained = checkpoint["args"]
+            if args.resume and (trained["num_envs"], trained["num_steps"]) != (args.num_envs, args.num_steps):
+                return (
+                    f"{path!r} was trained with --num-envs {trained['num_envs']} --num-steps "
+                    f"{trained['num_steps']}; resume with the same sizes"
+                )
             if args.resume and checkpoint["iteration"] >= args.num_iterations:
                 return (
                     f"{path!r} already holds {checkpoint['global_step']} steps; "
@@ -355,11 +362,13 @@ def explained_variance(y_pred: np.ndarray, y_true: np.ndarray) -> float:
 
 # ---- main ----
 def save_checkpoint(
-    path: str, agent: nn.Module, optimizer, args: Args, iteration: int, global_step: int, kl_coef: float
+    path: str, agent: nn.Module, optimizer, args: Args, iteration: int, global_step: int, **state
 ) -> None:
+    """Writes what --resume needs; state holds what the variant adds to it (β, normalization)."""
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     rng = {
         "python": list(random.getstate()[1]),
-        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        "numpy": [keys.tolist(), pos, has_gauss, cached_gaussian],  # the position too, not only the keys
         "torch": torch.get_rng_state(),
     }
     checkpoint = {
@@ -370,7 +379,7 @@ def save_checkpoint(
         "iteration": iteration,
         "global_step": global_step,
         "rng": rng,
-        "kl_coef": kl_coef,
+        **state,
     }
     torch.save(checkpoint, path + ".tmp")
     os.replace(path + ".tmp", path)  # a kill mid-save never leaves a half-written checkpoint
@@ -378,7 +387,8 @@ def save_checkpoint(
 
 def restore_rng(rng: dict) -> None:
     random.setstate((3, tuple(rng["python"]), None))
-    np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
+    keys, pos, has_gauss, cached_gaussian = rng["numpy"]
+    np.random.set_state(("MT19937", np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached_gaussian))
     torch.set_rng_state(rng["torch"])
 
 
@@ -426,12 +436,13 @@ def main(args: Args) -> None:
     envs = make_envs(args.env_id, args.num_envs, args.capture_video, run_name)
     agent = Agent(envs.single_observation_space.shape[0], envs.single_action_space.n).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, foreach=True)
-    start_iteration, global_step, kl_coef = 1, 0, args.kl_coef
+    start_iteration, global_step = 1, 0
+    kl_coef = args.kl_coef
     if checkpoint is not None:
         agent.load_state_dict(checkpoint["model"])
     if args.eval_checkpoint:
         envs.close()
-        returns = evaluate(agent, args.env_id, args.eval_episodes or 10, args.seed, args.eval_deterministic, device)
+        returns = evaluate(agent, args.env_id, args.eval_episodes, args.seed, args.eval_deterministic, device)
         for i, episodic_return in enumerate(returns):
             writer.add_scalar("eval/episodic_return", episodic_return, i)
         writer.close()
@@ -441,11 +452,8 @@ def main(args: Args) -> None:
         return
     if args.resume:
         optimizer.load_state_dict(checkpoint["optimizer"])
-        start_iteration, global_step, kl_coef = (
-            checkpoint["iteration"] + 1,
-            checkpoint["global_step"],
-            checkpoint["kl_coef"],
-        )
+        start_iteration, global_step = checkpoint["iteration"] + 1, checkpoint["global_step"]
+        kl_coef = checkpoint["kl_coef"]
         restore_rng(checkpoint["rng"])
 
     # storage: obs[t] is seen, actions[t] taken, rewards[t] received; dones[t] marks obs[t] as the
@@ -459,7 +467,7 @@ def main(args: Args) -> None:
 
     # A SIGINT or SIGTERM ends training after the current iteration; the finally block then saves,
     # flushes and closes. A second Ctrl-C aborts at once (still closing the log).
-    stop = {"signal": None}
+    stop = {"signal": None, "aborted": False}
 
     def request_stop(signum, frame):
         if stop["signal"] is not None:
@@ -495,12 +503,13 @@ def main(args: Args) -> None:
                     logprobs[step] = logprob
 
                     next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
-                    if args.bootstrap_truncated and truncations.any():
+                    truncated = truncations & ~terminations  # TimeLimit also flags a terminal last step
+                    if args.bootstrap_truncated and truncated.any():
                         # A time limit is not a terminal state: the return goes on past it, so fold
                         # γ·V(final obs) into the last reward; the episode boundary still cuts the GAE sum.
-                        final_obs = np.stack(infos["final_obs"][truncations])
+                        final_obs = np.stack(infos["final_obs"][truncated])
                         final_values = agent.get_value(torch.as_tensor(final_obs, dtype=torch.float32, device=device))
-                        reward[truncations] += args.gamma * final_values.flatten().cpu().numpy()
+                        reward[truncated] += args.gamma * final_values.flatten().cpu().numpy()
                     rewards[step] = torch.as_tensor(reward, device=device)
                     next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
                     next_done = torch.as_tensor(
@@ -608,10 +617,12 @@ def main(args: Args) -> None:
             for i, episodic_return in enumerate(returns):
                 writer.add_scalar("eval/episodic_return", episodic_return, i)
             print(f"\neval: return {np.mean(returns):.2f} ± {np.std(returns):.2f} over {len(returns)} episodes")
+    except KeyboardInterrupt:  # a second Ctrl-C: the iteration is half done, so no checkpoint of it
+        stop["aborted"] = True
     finally:
-        if args.save_model:
+        if args.save_model and not stop["aborted"]:
             model_path = f"runs/{run_name}/{args.exp_name}.pt"
-            save_checkpoint(model_path, agent, optimizer, args, iteration, global_step, kl_coef)
+            save_checkpoint(model_path, agent, optimizer, args, iteration, global_step, kl_coef=kl_coef)
             print(f"\nmodel saved to {model_path}")
         envs.close()
         writer.close()

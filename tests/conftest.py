@@ -23,6 +23,17 @@ SCRIPTS = {
         "tiny": ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "256", "--eval-episodes", "2"],
         "wrong_env": ("Pendulum-v1", "ppo_continuous.py"),
     },
+    "ppo_continuous.py": {
+        "env_id": "InvertedPendulum-v5",
+        "tiny": ["--num-steps", "64", "--num-minibatches", "4", "--total-timesteps", "256", "--eval-episodes", "2"],
+        "wrong_env": ("CartPole-v1", "ppo_discrete.py"),
+    },
+    "ppo_atari.py": {
+        "env_id": "BreakoutNoFrameskip-v4",
+        # 256 steps per env: an untrained policy ends a game of Breakout in about 170-250 steps
+        "tiny": ["--num-envs", "2", "--num-steps", "64", "--total-timesteps", "512", "--eval-episodes", "1"],
+        "wrong_env": ("CartPole-v1", "ppo_discrete.py"),
+    },
 }
 
 # Every tag a training run logs (eval/episodic_return only with --eval-episodes > 0).

@@ -73,6 +73,23 @@ def test_resume_continues_step_count_and_learning_rate_schedule(script, trained)
     assert second[0][1] == pytest.approx(first[0][1] / 2, rel=1e-5)
 
 
+def test_checkpoint_that_does_not_fit_the_arguments_is_named(script, trained, monkeypatch, tmp_path):
+    import tyro
+
+    _, _, path, _ = trained
+    ppo = load_script(script)
+    monkeypatch.chdir(tmp_path)
+    steps = str(torch.load(path, weights_only=True)["global_step"])
+    for args, fragment in [
+        (["--resume", path, "--num-steps", "16"], "resume with the same sizes"),
+        (["--resume", path, "--total-timesteps", steps], "raise --total-timesteps"),
+        (["--eval-checkpoint", path, "--eval-episodes", "0"], "--eval-episodes 1 or more"),
+    ]:
+        message = ppo.check_args(tyro.cli(ppo.Args, args=[*tiny(script), *args]))
+        assert message is not None and fragment in message, (args, message)
+    assert os.listdir(tmp_path) == []
+
+
 def test_eval_checkpoint_evaluates_without_training(script, trained, tmp_path):
     _, _, path, _ = trained
     proc = run_script(script, [*tiny(script), "--eval-checkpoint", path, "--eval-episodes", "2"], tmp_path)

@@ -1,0 +1,282 @@
+"""ppo_atari.py: life loss vs game over, the logged whole-game score, reward clipping, truncation,
+uint8 storage, the Nature CNN, and the errors for ids that are not Atari games.
+
+The env tests train in-process on a tiny budget with the script's vector env wrapped in a recorder
+and compute_gae wrapped in a spy, then compare what the script fed to GAE with what the env did.
+"""
+
+import glob
+import inspect
+import math
+import os
+import signal
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import tyro
+from ale_py.vector_env import AtariVectorEnv
+from conftest import load_script, run_script, scalars
+
+SCRIPT = "ppo_atari.py"
+# Asterix: an untrained policy ends a game in about 180-250 steps; 3 lives; a reward is 50 points,
+# so the raw score, the clipped score and the first life's score all differ
+GAME_ID, GAME = "ALE/Asterix-v5", "asterix"
+NUM_ENVS, NUM_STEPS = 2, 128
+
+
+@pytest.fixture(scope="module")
+def ppo():
+    return load_script(SCRIPT)
+
+
+class Recorder(gym.vector.VectorWrapper):
+    """Keeps a copy of everything the wrapped vector env returns."""
+
+    def __init__(self, env, bound_args):
+        super().__init__(env)
+        self.bound_args, self.steps = bound_args, []
+
+    def reset(self, **kwargs):
+        obs, infos = self.env.reset(**kwargs)
+        self.reset_obs, self.reset_lives, self.reset_frame = (
+            obs.copy(),
+            infos["lives"].copy(),
+            infos["episode_frame_number"].copy(),
+        )
+        return obs, infos
+
+    def step(self, actions):
+        obs, rewards, terminations, truncations, infos = self.env.step(actions)
+        step = {"actions": actions.copy(), "obs": obs.copy(), "rewards": rewards.copy()}
+        step.update(terminations=terminations.copy(), truncations=truncations.copy(), lives=infos["lives"].copy())
+        step.update(frame=infos["episode_frame_number"].copy(), final_obs=infos.get("final_obs", obs).copy())
+        self.steps.append(step)
+        return obs, rewards, terminations, truncations, infos
+
+
+def train(ppo, workdir, args, max_num_frames_per_episode=None):
+    """Runs ppo.main(args) in workdir; returns the recorder, the spied GAE calls, the agent and the logs."""
+    recorders, gae_calls, agents = [], [], []
+    make_vector_env, compute_gae, agent_class = ppo.AtariVectorEnv, ppo.compute_gae, ppo.Agent
+
+    def recorded_vector_env(*a, **kw):
+        if max_num_frames_per_episode is not None:
+            kw["max_num_frames_per_episode"] = max_num_frames_per_episode
+        bound = inspect.signature(make_vector_env).bind(*a, **kw)
+        bound.apply_defaults()
+        recorders.append(Recorder(make_vector_env(*a, **kw), bound.arguments))
+        return recorders[-1]
+
+    def spy_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
+        advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda)
+        call = {"rewards": rewards, "values": values, "dones": dones, "next_done": next_done}
+        call = {key: value.clone().numpy() for key, value in call.items()}
+        call.update(advantages=advantages.clone().numpy(), gamma=gamma, model=agents[0].state_dict())
+        call["model"] = {key: value.clone() for key, value in call["model"].items()}
+        gae_calls.append(call)
+        return advantages, returns
+
+    class SpyAgent(agent_class):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.input_dtypes = set()
+            agents.append(self)
+
+        def get_action_and_value(self, x, action=None):
+            self.input_dtypes.add(("rollout" if action is None else "update", x.dtype))
+            return super().get_action_and_value(x, action)
+
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    num_threads, cwd = torch.get_num_threads(), os.getcwd()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ppo, "AtariVectorEnv", recorded_vector_env)
+        mp.setattr(ppo, "compute_gae", spy_gae)
+        mp.setattr(ppo, "Agent", SpyAgent)
+        os.chdir(workdir)
+        try:
+            ppo.main(tyro.cli(ppo.Args, args=args))
+        finally:
+            os.chdir(cwd)
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+            torch.set_num_threads(num_threads)
+    (event_file,) = glob.glob(os.path.join(workdir, "runs", "**", "events.out.tfevents.*"), recursive=True)
+    return {
+        "recorder": recorders[0],
+        "gae_calls": gae_calls,
+        "agent": agents[0],
+        "logs": scalars(os.path.dirname(event_file)),
+    }
+
+
+def stacked(run):
+    """The recorded steps and the GAE inputs as (K, N) arrays over all K = iterations * T steps."""
+    steps, calls = run["recorder"].steps, run["gae_calls"]
+    out = {key: np.stack([step[key] for step in steps]) for key in steps[0]}
+    out["prev_lives"] = np.concatenate([run["recorder"].reset_lives[None], out["lives"][:-1]])
+    out["prev_obs"] = np.concatenate([run["recorder"].reset_obs[None], out["obs"][:-1]])
+    out["prev_frame"] = np.concatenate([run["recorder"].reset_frame[None], out["frame"][:-1]])
+    # dones[t] marks obs[t] as an episode's first, so the step t ended one iff dones[t + 1] (next_done after T-1)
+    out["ended"] = np.concatenate([np.concatenate([c["dones"][1:], c["next_done"][None]]) for c in calls]) == 1
+    for key in ("rewards", "values", "advantages"):
+        out["gae_" + key] = np.concatenate([c[key] for c in calls])
+    assert len(steps) == len(out["ended"])  # every env step is a stored transition (SAME_STEP autoreset)
+    return out
+
+
+@pytest.fixture(scope="module")
+def asterix(ppo, tmp_path_factory):
+    args = ["--env-id", GAME_ID, "--num-envs", str(NUM_ENVS), "--num-steps", str(NUM_STEPS)]
+    args += ["--total-timesteps", str(3 * NUM_ENVS * NUM_STEPS), "--eval-episodes", "0"]
+    return train(ppo, tmp_path_factory.mktemp("asterix"), args)
+
+
+def test_vector_env_has_the_standard_preprocessing(asterix):
+    settings = asterix["recorder"].bound_args
+    assert settings["game"] == GAME and settings["num_envs"] == NUM_ENVS
+    expected = {
+        "noop_max": 30,
+        "frameskip": 4,
+        "maxpool": True,
+        "use_fire_reset": True,
+        "img_height": 84,
+        "img_width": 84,
+        "grayscale": True,
+        "stack_num": 4,
+        "repeat_action_probability": 0.0,
+        "full_action_space": False,
+        "episodic_life": False,  # ale-py's restarts the whole game at a life loss
+        "reward_clipping": False,  # the logged score is raw; the script clips for training
+        "autoreset_mode": gym.vector.AutoresetMode.SAME_STEP,
+    }
+    assert {key: settings[key] for key in expected} == expected
+
+
+def test_a_life_loss_ends_the_training_episode_but_not_the_game(asterix):
+    s = stacked(asterix)
+    game_over = s["terminations"] | s["truncations"]
+    life_lost = (s["lives"] < s["prev_lives"]) & ~game_over
+    assert life_lost.any() and s["terminations"].any(), "the run must cover a life loss and a game over"
+    # GAE sees an episode end exactly at every life loss and every game over
+    np.testing.assert_array_equal(s["ended"], life_lost | game_over)
+    # ... which cuts the bootstrap: the advantage of an episode's last step is r - V(s), nothing after it
+    np.testing.assert_allclose(s["gae_advantages"][s["ended"]], (s["gae_rewards"] - s["gae_values"])[s["ended"]])
+    for k, i in zip(*np.nonzero(life_lost), strict=True):
+        # the same game goes on: one life less, 4 more frames, the frame stack slides by one frame
+        assert s["lives"][k, i] == s["prev_lives"][k, i] - 1
+        assert s["frame"][k, i] == s["prev_frame"][k, i] + 4
+        np.testing.assert_array_equal(s["obs"][k, i, :-1], s["prev_obs"][k, i, 1:])
+    for k, i in zip(*np.nonzero(s["terminations"]), strict=True):
+        # a game over starts a new game: all lives back, the frame counter restarted
+        assert s["lives"][k, i] == asterix["recorder"].reset_lives[i]
+        assert s["frame"][k, i] < s["prev_frame"][k, i]
+        assert not np.array_equal(s["obs"][k, i, :-1], s["final_obs"][k, i, 1:])
+
+
+def test_training_rewards_are_the_signs_of_the_raw_rewards(asterix):
+    s = stacked(asterix)
+    assert not s["truncations"].any()  # no bootstrap folded in, in this run
+    assert (s["rewards"] > 1).any(), "the run must hold rewards that clipping changes"
+    np.testing.assert_array_equal(s["gae_rewards"], np.sign(s["rewards"]))
+
+
+def test_logged_return_is_the_raw_score_of_the_whole_game(asterix):
+    """Env 0's first game replayed by hand, action by action, in a fresh env built here."""
+    steps = asterix["recorder"].steps
+    env = AtariVectorEnv(GAME, 1, reward_clipping=False, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    obs, infos = env.reset(seed=1)  # the script seeds env i with --seed + i
+    np.testing.assert_array_equal(obs[0], asterix["recorder"].reset_obs[0])
+    score, clipped_score, first_life_score, lives = 0, 0, None, infos["lives"][0]
+    for k, step in enumerate(steps):
+        obs, rewards, terminations, truncations, infos = env.step(step["actions"][:1])
+        np.testing.assert_array_equal(obs[0], step["obs"][0])  # the replay follows the run
+        score, clipped_score = score + rewards[0], clipped_score + np.sign(rewards[0])
+        if infos["lives"][0] < lives and first_life_score is None and not terminations[0]:
+            first_life_score = score
+        lives = infos["lives"][0]
+        if terminations[0] or truncations[0]:
+            break
+    else:
+        pytest.fail("env 0 never finished a game")
+    env.close()
+    assert score not in (clipped_score, first_life_score)  # the check below tells them apart
+    global_step = (k + 1) * NUM_ENVS
+    assert score in [value for step, value in asterix["logs"]["charts/episodic_return"] if step == global_step]
+    assert k + 1 in [value for step, value in asterix["logs"]["charts/episodic_length"] if step == global_step]
+
+
+def test_rollout_and_update_feed_uint8_pixels_to_the_network(asterix):
+    # the update's minibatches are slices of the rollout storage, so uint8 there means uint8 storage
+    assert asterix["agent"].input_dtypes == {("rollout", torch.uint8), ("update", torch.uint8)}
+
+
+def test_time_limit_truncation_bootstraps_the_final_obs(ppo, tmp_path):
+    frames = 400  # a game cut after about 100 agent steps
+    args = ["--env-id", GAME_ID, "--num-envs", str(NUM_ENVS), "--num-steps", str(NUM_STEPS)]
+    args += ["--total-timesteps", str(2 * NUM_ENVS * NUM_STEPS), "--eval-episodes", "0"]
+    run = train(ppo, tmp_path, args, max_num_frames_per_episode=frames)
+    s = stacked(run)
+    assert s["truncations"].any()
+    np.testing.assert_array_equal(s["ended"][s["truncations"]], True)
+    expected = np.sign(s["rewards"]).astype(np.float32)
+    agent = ppo.Agent(4, run["agent"].actor.out_features)
+    for k, i in zip(*np.nonzero(s["truncations"]), strict=True):
+        call = run["gae_calls"][k // NUM_STEPS]
+        agent.load_state_dict(call["model"])  # the weights that played this rollout
+        with torch.no_grad():
+            final_value = agent.get_value(torch.as_tensor(s["final_obs"][k, i : i + 1])).item()
+        expected[k, i] += call["gamma"] * final_value
+        assert s["frame"][k, i] < frames  # the next obs starts a new game
+    np.testing.assert_allclose(s["gae_rewards"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_nature_cnn_shapes_init_and_pixel_scaling(ppo):
+    torch.manual_seed(0)
+    agent = ppo.Agent(4, 6)
+    convs = [m for m in agent.network if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (4, 32, (8, 8), (4, 4)),
+        (32, 64, (4, 4), (2, 2)),
+        (64, 64, (3, 3), (1, 1)),
+    ]
+    linears = [m for m in agent.network if isinstance(m, torch.nn.Linear)]
+    assert [(layer.in_features, layer.out_features) for layer in linears] == [(64 * 7 * 7, 512)]
+    assert sum(isinstance(m, torch.nn.ReLU) for m in agent.network) == 4
+    gains = [(layer, math.sqrt(2)) for layer in convs + linears] + [(agent.actor, 0.01), (agent.critic, 1.0)]
+    for layer, gain in gains:
+        w = layer.weight.detach().reshape(layer.weight.shape[0], -1)  # rows are orthogonal (fewer rows than columns)
+        torch.testing.assert_close(w @ w.T, gain**2 * torch.eye(w.shape[0]), atol=1e-5, rtol=1e-4)
+        assert (layer.bias == 0).all()
+
+    x = torch.randint(0, 256, (5, 4, 84, 84), dtype=torch.uint8)
+    action, logprob, entropy, value = agent.get_action_and_value(x)
+    assert action.shape == logprob.shape == entropy.shape == (5,) and value.shape == (5, 1)
+    assert ((action >= 0) & (action < 6)).all()
+    # pixels are scaled to [0, 1] inside the network; both heads share the trunk
+    hidden = agent.network(x.float() / 255.0)
+    torch.testing.assert_close(agent.get_value(x), agent.critic(hidden))
+    with torch.no_grad():  # far from uniform, so that the check has teeth
+        agent.actor.weight.mul_(300)
+    actions = torch.tensor([0, 5, 2, 1, 3])
+    _, logprob, entropy, _ = agent.get_action_and_value(x, actions)
+    reference = torch.distributions.Categorical(logits=agent.actor(hidden))
+    torch.testing.assert_close(logprob, reference.log_prob(actions))
+    torch.testing.assert_close(entropy, reference.entropy())
+
+
+def test_env_ids_that_are_not_atari_games_get_a_one_line_error(ppo, tmp_path):
+    for env_id in ("BreakoutNoFrameskip-v4", "ALE/Breakout-v5", "PongNoFrameskip-v4"):
+        assert ppo.check_args(tyro.cli(ppo.Args, args=["--env-id", env_id])) is None
+    for env_id, fragment in [
+        ("NoSuchGameNoFrameskip-v4", "unknown --env-id"),
+        ("ALE/Breakot-v5", "Did you mean: `Breakout`"),
+        ("CartPole-v1", "not an Atari game; use ppo_discrete.py"),
+    ]:
+        message = ppo.check_args(tyro.cli(ppo.Args, args=["--env-id", env_id]))
+        assert message is not None and fragment in message and "\n" not in message, message
+    proc = run_script(SCRIPT, ["--env-id", "ALE/Breakot-v5"], tmp_path, check=False)
+    assert proc.returncode != 0 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"{SCRIPT}: error: unknown --env-id 'ALE/Breakot-v5'")
+    assert os.listdir(tmp_path) == []
