@@ -22,6 +22,7 @@ import random
 import signal
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 
 import gymnasium as gym
@@ -196,10 +197,22 @@ def check_args(args: Args) -> str | None:
 
 
 # ---- environment ----
+def route_mujoco_warnings() -> None:
+    """MuJoCo prints its warnings and appends them to ./MUJOCO_LOG.TXT; send them to Python's
+    warnings instead, shown once each and never written to a file."""
+    try:
+        import mujoco
+    except ImportError:
+        return
+    mujoco.set_mju_user_warning(lambda message: warnings.warn(f"MuJoCo: {message}", stacklevel=2))
+
+
 def check_env_spaces(env_id: str) -> str | None:
     """Returns why this script cannot train on env_id, naming the script that can, or None."""
+    route_mujoco_warnings()
     try:
-        env = gym.make(env_id)
+        with warnings.catch_warnings(action="ignore"):  # a model's deprecation notes are no error
+            env = gym.make(env_id)
     except gym.error.DependencyNotInstalled as e:
         mujoco = "mujoco" in str(gym.spec(env_id).entry_point)
         fix = 'pip install "gymnasium[mujoco]"' if mujoco else "pip install -r requirements.txt"

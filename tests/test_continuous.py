@@ -296,3 +296,12 @@ def test_default_algorithm_balances_the_inverted_pendulum(tmp_path):
     assert len(returns) == 10
     assert np.mean(returns) >= 900, f"eval return {np.mean(returns):.1f} < 900"
     assert np.mean([value for _, value in logged["charts/episodic_return"][:10]]) < 100  # it did learn
+
+
+def test_bad_input_on_the_default_mujoco_env_is_one_line_and_writes_no_mujoco_log(tmp_path):
+    proc = run_script(SCRIPT, ["--env-id", "HalfCheetah-v5", "--resume", "missing.pt"], tmp_path, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"{SCRIPT}: error: checkpoint 'missing.pt' does not exist; pass the path of a .pt file written by --save-model"
+    ]
+    assert os.listdir(tmp_path) == []  # no runs/, no MUJOCO_LOG.TXT

@@ -18,7 +18,7 @@ ALLOWED = {
         {"docstring", "Args", "check_args", "categorical_kl", "policy_loss", "update_kl_coef", "main"},
         80,
     ),
-    "ppo_continuous.py": (ENV_AND_NETWORK, None),
+    "ppo_continuous.py": (ENV_AND_NETWORK | {"route_mujoco_warnings"}, None),
     "ppo_atari.py": (ENV_AND_NETWORK | {"layer_init"}, None),  # layer_init also initializes convolutions
 }
 VARIANTS = sorted(set(ALLOWED) & set(SCRIPTS))
