@@ -11,18 +11,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Per script: the env it trains on in the tests and the arguments of a run that takes seconds.
+CLASSIC_CONTROL = {
+    "env_id": "CartPole-v1",
+    "tiny": ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "256", "--eval-episodes", "2"],
+    "wrong_env": ("Pendulum-v1", "ppo_continuous.py"),
+}
+# Per script: the env it trains on in the tests, the arguments of a run that takes seconds, and an
+# env whose action space it refuses with the script to use instead.
 SCRIPTS = {
-    "ppo_discrete.py": {
-        "env_id": "CartPole-v1",
-        "tiny": ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "256", "--eval-episodes", "2"],
-        "wrong_env": ("Pendulum-v1", "ppo_continuous.py"),
-    },
-    "ppo_penalty.py": {
-        "env_id": "CartPole-v1",
-        "tiny": ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "256", "--eval-episodes", "2"],
-        "wrong_env": ("Pendulum-v1", "ppo_continuous.py"),
-    },
+    "ppo_discrete.py": CLASSIC_CONTROL,
+    "ppo_penalty.py": CLASSIC_CONTROL,
     "ppo_continuous.py": {
         "env_id": "InvertedPendulum-v5",
         "tiny": ["--num-steps", "64", "--num-minibatches", "4", "--total-timesteps", "256", "--eval-episodes", "2"],

@@ -178,21 +178,24 @@ def test_layer_init_is_orthogonal_with_the_gain_and_zero_bias(ppo):
 
 
 MLP_CATEGORICAL = sorted(name for name in SCRIPTS if name in ("ppo_discrete.py", "ppo_penalty.py"))
+POLICY_MLP = {"ppo_discrete.py": "actor", "ppo_penalty.py": "actor", "ppo_continuous.py": "actor_mean"}
 
 
-@pytest.mark.parametrize("script", MLP_CATEGORICAL)
-def test_agent_init_gains(ppo):
-    """Orthogonal init: gain √2 on hidden layers, 0.01 on the policy head, 1 on the value head."""
+@pytest.mark.parametrize("script", sorted(set(POLICY_MLP) & set(SCRIPTS)))
+def test_mlp_agent_init_gains(ppo, script):
+    """64-64 tanh MLPs, orthogonal init: gain √2 on hidden layers, 0.01 on the policy head, 1 on the value head."""
     torch.manual_seed(0)
     agent = ppo.Agent(8, 3)
-    gains = {"actor": [math.sqrt(2), math.sqrt(2), 0.01], "critic": [math.sqrt(2), math.sqrt(2), 1.0]}
+    gains = {POLICY_MLP[script]: [math.sqrt(2), math.sqrt(2), 0.01], "critic": [math.sqrt(2), math.sqrt(2), 1.0]}
     for net, expected in gains.items():
+        assert all(isinstance(m, (torch.nn.Linear, torch.nn.Tanh)) for m in getattr(agent, net))
         linears = [m for m in getattr(agent, net) if isinstance(m, torch.nn.Linear)]
-        assert len(linears) == len(expected)
+        assert len(linears) == len(expected) and [layer.out_features for layer in linears[:2]] == [64, 64]
         for layer, gain in zip(linears, expected, strict=True):
             w = layer.weight.detach()
             small = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
             torch.testing.assert_close(small, gain**2 * torch.eye(small.shape[0]), atol=1e-5, rtol=1e-4)
+            assert (layer.bias == 0).all()
 
 
 @pytest.mark.parametrize("script", MLP_CATEGORICAL)

@@ -103,21 +103,6 @@ def test_log_std_starts_at_zero_and_does_not_depend_on_the_state(ppo):
     torch.testing.assert_close(entropy, torch.full((2,), 4 * 0.5 * math.log(2 * math.pi * math.e)))
 
 
-def test_agent_init_gains(ppo):
-    """Orthogonal init: gain √2 on hidden layers, 0.01 on the mean head, 1 on the value head."""
-    torch.manual_seed(0)
-    agent = ppo.Agent(8, 3)
-    gains = {"actor_mean": [math.sqrt(2), math.sqrt(2), 0.01], "critic": [math.sqrt(2), math.sqrt(2), 1.0]}
-    for net, expected in gains.items():
-        linears = [m for m in getattr(agent, net) if isinstance(m, torch.nn.Linear)]
-        assert len(linears) == len(expected) and [layer.out_features for layer in linears[:2]] == [64, 64]
-        assert all(isinstance(m, (torch.nn.Linear, torch.nn.Tanh)) for m in getattr(agent, net))
-        for layer, gain in zip(linears, expected, strict=True):
-            w = layer.weight.detach()
-            small = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
-            torch.testing.assert_close(small, gain**2 * torch.eye(small.shape[0]), atol=1e-5, rtol=1e-4)
-
-
 def test_env_gets_the_clipped_action_and_training_stores_and_scores_the_unclipped_one(
     ppo, raw_steps, monkeypatch, tmp_path
 ):
