@@ -44,8 +44,8 @@ class Args:
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
     """if toggled, cuda will be used when available"""
-    num_threads: int = 1
-    """torch CPU threads (1 is fastest on 2 cores: a second thread waits on the core the emulator threads use)"""
+    num_threads: int = 2
+    """torch CPU threads (the CNN update splits across cores: 1.6x the SPS of 1 thread on 2 cores)"""
     capture_video: bool = False
     """if toggled, record videos of env 0 under `videos/{run_name}/`"""
     save_model: bool = False
