@@ -78,6 +78,7 @@ def run_one(label, script, extra, env_id, seed, total_timesteps, threshold, work
         env_id=env_id,
         seed=seed,
         wall_s=round(time.time() - start, 1),
+        total_timesteps=total_timesteps,
         peak_rss_mb=round(rusage.ru_maxrss / 1024),
         run_dir=str(run_dir),
     )
@@ -163,13 +164,22 @@ def main() -> None:
     parser.add_argument("--variant", dest="variants", action="append", type=parse_variant, required=True)
     parser.add_argument("--threshold", type=float, default=None, help="return whose first crossing is timed")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--reuse", action="store_true", help="keep the runs --out/results.json already holds")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]])
+    done = {}
+    if args.reuse and (args.out / "results.json").exists():
+        for row in json.loads((args.out / "results.json").read_text())["rows"]:
+            done[(row["label"], row["script"], tuple(row["args"]), row["env_id"], row["seed"])] = row
     rows = []
     for env_id in args.env_ids:
         for label, script, extra in args.variants:
             for seed in args.seeds:
+                key = (label, script, tuple(extra), env_id, seed)
+                if key in done and done[key].get("total_timesteps") == args.total_timesteps:
+                    rows.append(done[key])
+                    continue
                 workdir = args.out / "raw"
                 rows.append(run_one(label, script, extra, env_id, seed, args.total_timesteps, args.threshold, workdir))
     (args.out / "results.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
