@@ -307,8 +307,8 @@ class Agent(nn.Module):
 
     def get_action_and_value(self, x: torch.Tensor, action: torch.Tensor | None = None):
         hidden = self.features(x)
-        # the categorical distribution written out: torch.distributions.Categorical computes the
-        # same, at twice the cost of the whole network on a CartPole-sized batch
+        # the categorical distribution written out, as in ppo_discrete.py (same math as
+        # torch.distributions.Categorical, which costs more than the MLP there)
         logp = self.actor(hidden).log_softmax(-1)  # (B, n_actions), normalized log-probabilities
         if action is None:
             # Gumbel-max: argmax(log p - log E), E ~ Exp(1), is an exact draw from p
