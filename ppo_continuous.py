@@ -303,7 +303,8 @@ class Agent(nn.Module):
     def get_value(self, x: torch.Tensor) -> torch.Tensor:
         return self.critic(x)
 
-    def get_action_and_value(self, x: torch.Tensor, action: torch.Tensor | None = None):
+    def get_action(self, x: torch.Tensor, action: torch.Tensor | None = None):
+        """a ~ π(·|x) unless given, log π(a|x) and the entropy of π(·|x): all the rollout needs."""
         # the diagonal Normal written out: torch.distributions.Normal computes the same, at more
         # than the cost of the whole network on a one-obs batch
         action_mean = self.actor_mean(x)  # (B, action_dim)
@@ -314,7 +315,10 @@ class Agent(nn.Module):
         # independent dimensions: log-probabilities and entropies add up over them
         logprob = (-0.5 * ((action - action_mean) / action_std) ** 2 - action_logstd - 0.5 * np.log(2 * np.pi)).sum(-1)
         entropy = (0.5 + 0.5 * np.log(2 * np.pi) + action_logstd).sum(-1)
-        return action, logprob, entropy, self.critic(x)
+        return action, logprob, entropy
+
+    def get_action_and_value(self, x: torch.Tensor, action: torch.Tensor | None = None):
+        return *self.get_action(x, action), self.critic(x)
 
 
 # ---- algorithm ----
@@ -373,6 +377,31 @@ def approx_kl(logratio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (-logratio).mean(), ((ratio - 1) - logratio).mean()
 
 
+def clip_grad_norm(grads: list[torch.Tensor], max_norm: float) -> None:
+    """Scales the gradients in place so that their global L2 norm is at most max_norm: the arithmetic
+    of torch.nn.utils.clip_grad_norm_, without its per-call bookkeeping."""
+    total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, (max_norm / (total_norm + 1e-6)).clamp(max=1.0))
+
+
+@torch.no_grad()
+def adam_step(
+    params: list[torch.Tensor], grads: list[torch.Tensor], state: dict, lr: float, eps: float, beta1=0.9, beta2=0.999
+) -> None:
+    """One Adam step in place (Kingma & Ba 2015, https://arxiv.org/abs/1412.6980, Algorithm 1), the same
+    arithmetic as torch.optim.Adam(foreach=True). Written out because torch.optim imports torch._dynamo,
+    which costs 1.2 s and 70 MB at startup, and its per-step bookkeeping costs more than the step here."""
+    state["step"] += 1
+    exp_avgs, exp_avg_sqs = state["exp_avgs"], state["exp_avg_sqs"]
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)  # m ← β1·m + (1 - β1)·g
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)  # v ← β2·v + (1 - β2)·g²
+    denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denom, (1 - beta2 ** state["step"]) ** 0.5)
+    torch._foreach_add_(denom, eps)  # √v̂ + ε, v̂ = v / (1 - β2^t)
+    torch._foreach_addcdiv_(params, exp_avgs, denom, -lr / (1 - beta1 ** state["step"]))  # θ ← θ - lr·m̂/(√v̂ + ε)
+
+
 def explained_variance(y_pred: np.ndarray, y_true: np.ndarray) -> float:
     """1 - Var[y - ŷ] / Var[y]: 1 is a perfect value function, 0 no better than a constant."""
     var_y = np.var(y_true)
@@ -381,7 +410,7 @@ def explained_variance(y_pred: np.ndarray, y_true: np.ndarray) -> float:
 
 # ---- main ----
 def save_checkpoint(
-    path: str, agent: nn.Module, optimizer, args: Args, iteration: int, global_step: int, **state
+    path: str, agent: nn.Module, adam_state: dict, args: Args, iteration: int, global_step: int, **state
 ) -> None:
     """Writes what --resume needs; state holds what the variant adds to it (β, normalization)."""
     _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
@@ -393,7 +422,7 @@ def save_checkpoint(
     checkpoint = {
         "script": os.path.basename(__file__),
         "model": agent.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "optimizer": adam_state,
         "args": asdict(args),
         "iteration": iteration,
         "global_step": global_step,
@@ -425,7 +454,7 @@ def evaluate(
     while len(episodic_returns) < eval_episodes:
         with torch.no_grad():
             x = torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0)
-            action = agent.actor_mean(x) if deterministic else agent.get_action_and_value(x)[0]
+            action = agent.actor_mean(x) if deterministic else agent.get_action(x)[0]
         obs, _, terminated, truncated, info = env.step(action[0].cpu().numpy())
         if terminated or truncated:
             episodic_returns.append(float(info["episode"]["r"]))
@@ -460,7 +489,14 @@ def main(args: Args) -> None:
     # env setup
     envs = make_envs(args.env_id, args.num_envs, args.capture_video, run_name, args.gamma)
     agent = Agent(envs.single_observation_space.shape[0], envs.single_action_space.shape[0]).to(device)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, foreach=True)
+    # Adam with eps 1e-5 as in the PPO baselines: its step count and first and second moment estimates
+    params = list(agent.parameters())
+    adam_state = {
+        "step": 0,
+        "exp_avgs": [torch.zeros_like(p) for p in params],
+        "exp_avg_sqs": [torch.zeros_like(p) for p in params],
+    }
+    lr = args.learning_rate
     start_iteration, global_step = 1, 0
     if checkpoint is not None:
         agent.load_state_dict(checkpoint["model"])
@@ -480,18 +516,21 @@ def main(args: Args) -> None:
         )
         return
     if args.resume:
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        adam_state["step"] = checkpoint["optimizer"]["step"]
+        for name in ("exp_avgs", "exp_avg_sqs"):
+            for moment, saved in zip(adam_state[name], checkpoint["optimizer"][name], strict=True):
+                moment.copy_(saved)
         start_iteration, global_step = checkpoint["iteration"] + 1, checkpoint["global_step"]
         restore_rng(checkpoint["rng"])
 
     # storage: obs[t] is seen, actions[t] taken, rewards[t] received; dones[t] marks obs[t] as the
-    # first obs of an episode
-    obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, device=device)
-    actions = torch.zeros((args.num_steps, args.num_envs) + envs.single_action_space.shape, device=device)
-    logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
-    rewards = torch.zeros((args.num_steps, args.num_envs), device=device)
-    dones = torch.zeros((args.num_steps, args.num_envs), device=device)
-    values = torch.zeros((args.num_steps, args.num_envs), device=device)
+    # first obs of an episode. The rollout is stored in numpy (writing a row costs a tenth of a torch
+    # write) and moved to torch once it ends; the values V(obs[t]) come then too, in one batch.
+    obs = np.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=np.float32)
+    actions = np.zeros((args.num_steps, args.num_envs) + envs.single_action_space.shape, dtype=np.float32)
+    logprobs = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    dones = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
 
     # A SIGINT or SIGTERM ends training after the current iteration; the finally block then saves,
     # flushes and closes. A second Ctrl-C aborts at once (still closing the log).
@@ -510,14 +549,13 @@ def main(args: Args) -> None:
     start_step = global_step
     iteration = start_iteration - 1
     next_obs, _ = envs.reset(seed=args.seed + global_step)
-    next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
-    next_done = torch.zeros(args.num_envs, device=device)
+    next_done = np.zeros(args.num_envs, dtype=bool)
     try:
         for iteration in range(start_iteration, args.num_iterations + 1):
             # Annealing the rate if instructed to do so.
             if args.anneal_lr:
                 frac = 1.0 - (iteration - 1.0) / args.num_iterations
-                optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+                lr = frac * args.learning_rate
 
             with torch.inference_mode():
                 for step in range(0, args.num_steps):
@@ -525,12 +563,11 @@ def main(args: Args) -> None:
                     obs[step] = next_obs
                     dones[step] = next_done
 
-                    action, logprob, _, value = agent.get_action_and_value(next_obs)
-                    values[step] = value.flatten()
-                    actions[step] = action
-                    logprobs[step] = logprob
+                    action, logprob, _ = agent.get_action(torch.as_tensor(next_obs, dtype=torch.float32, device=device))
+                    action, logprob = action.cpu().numpy(), logprob.cpu().numpy()
+                    actions[step], logprobs[step] = action, logprob
 
-                    next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
+                    next_obs, reward, terminations, truncations, infos = envs.step(action)
                     truncated = truncations & ~terminations  # TimeLimit also flags a terminal last step
                     if args.bootstrap_truncated and truncated.any():
                         # A time limit is not a terminal state: the return goes on past it, so fold
@@ -539,28 +576,34 @@ def main(args: Args) -> None:
                         final_obs = np.stack(infos["final_obs"][truncated])
                         final_values = agent.get_value(torch.as_tensor(final_obs, dtype=torch.float32, device=device))
                         reward[truncated] += args.gamma * final_values.flatten().cpu().numpy()
-                    rewards[step] = torch.as_tensor(reward, device=device)
-                    next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
-                    next_done = torch.as_tensor(
-                        np.logical_or(terminations, truncations), dtype=torch.float32, device=device
-                    )
+                    rewards[step] = reward
+                    next_done = terminations | truncations
 
                     if "episode" in infos:
                         for i in np.flatnonzero(infos["_episode"]):
                             writer.add_scalar("charts/episodic_return", infos["episode"]["r"][i], global_step)
                             writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)
 
-            # bootstrap value if not done
+            # V(s_t) of the whole rollout in one batch (the critic is a network of its own, which the
+            # rollout does not need), and the bootstrap value V(s_T) after it
+            obs_t = torch.as_tensor(obs, device=device)  # (T, N, obs_dim)
             with torch.no_grad():
-                next_value = agent.get_value(next_obs).reshape(1, -1)
+                values = agent.get_value(obs_t).reshape(args.num_steps, args.num_envs)
+                next_value = agent.get_value(torch.as_tensor(next_obs, dtype=torch.float32, device=device)).flatten()
             advantages, returns = compute_gae(
-                rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda
+                torch.as_tensor(rewards, device=device),
+                values,
+                torch.as_tensor(dones, device=device),
+                next_value,
+                torch.as_tensor(next_done, dtype=torch.float32, device=device),
+                args.gamma,
+                args.gae_lambda,
             )
 
             # flatten the batch
-            b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)
-            b_logprobs = logprobs.reshape(-1)
-            b_actions = actions.reshape((-1,) + envs.single_action_space.shape)
+            b_obs = obs_t.reshape((-1,) + envs.single_observation_space.shape)
+            b_logprobs = torch.as_tensor(logprobs, device=device).reshape(-1)
+            b_actions = torch.as_tensor(actions, device=device).reshape((-1,) + envs.single_action_space.shape)
             b_advantages = advantages.reshape(-1)
             b_returns = returns.reshape(-1)
             b_values = values.reshape(-1)
@@ -593,10 +636,11 @@ def main(args: Args) -> None:
                     entropy_loss = entropy.mean()
                     loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef  # PPO eq. 9
 
-                    optimizer.zero_grad()
+                    agent.zero_grad()
                     loss.backward()
-                    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
-                    optimizer.step()
+                    grads = [p.grad for p in params]
+                    clip_grad_norm(grads, args.max_grad_norm)
+                    adam_step(params, grads, adam_state, lr, eps=1e-5)
                     update_stats += torch.stack(
                         [pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl_value, clipfrac]
                     ).detach()
@@ -612,7 +656,7 @@ def main(args: Args) -> None:
             explained_var = explained_variance(y_pred, y_true)
 
             sps = int((global_step - start_step) / (time.time() - start_time))
-            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+            writer.add_scalar("charts/learning_rate", lr, global_step)
             writer.add_scalar("losses/value_loss", v_loss, global_step)
             writer.add_scalar("losses/policy_loss", pg_loss, global_step)
             writer.add_scalar("losses/entropy", entropy_loss, global_step)
@@ -649,7 +693,7 @@ def main(args: Args) -> None:
                 name: {"mean": torch.tensor(rms.mean), "var": torch.tensor(rms.var), "count": float(rms.count)}
                 for name, rms in (("obs_rms", envs.obs_rms), ("return_rms", envs.return_rms))
             }
-            save_checkpoint(model_path, agent, optimizer, args, iteration, global_step, normalization=normalization)
+            save_checkpoint(model_path, agent, adam_state, args, iteration, global_step, normalization=normalization)
             print(f"\nmodel saved to {model_path}")
         envs.close()
         writer.close()

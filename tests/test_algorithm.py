@@ -1,5 +1,6 @@
 """Unit tests of the pure functions of section "algorithm" and of the network, for every script."""
 
+import copy
 import math
 
 import numpy as np
@@ -161,6 +162,48 @@ def test_kl_estimators_agree_with_the_exact_kl(ppo):
     assert (((logratio.exp() - 1) - logratio) >= 0).all()
 
 
+@pytest.mark.parametrize("max_norm", [0.05, 100.0])
+def test_clip_grad_norm_matches_torch(ppo, max_norm):
+    """Clips (max_norm below the norm) or leaves alone (above it) exactly as clip_grad_norm_ does."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(shape)) for shape in [(64, 4), (64,), (2, 64)]]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    expected = [p.grad.clone() for p in params]
+    reference = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    for r, p in zip(reference, params, strict=True):
+        r.grad = p.grad.clone()
+    torch.nn.utils.clip_grad_norm_(reference, max_norm, foreach=True)
+    grads = [p.grad for p in params]
+    ppo.clip_grad_norm(grads, max_norm)
+    for g, r in zip(grads, reference, strict=True):
+        assert torch.equal(g, r.grad)
+    assert (max_norm < 1.0) == any(not torch.equal(g, e) for g, e in zip(grads, expected, strict=True))
+
+
+def test_adam_step_matches_torch_optim_adam(ppo):
+    """Five steps with an annealed learning rate give bit-identical parameters to torch.optim.Adam."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    reference, initial = copy.deepcopy(model), copy.deepcopy(model)
+    optimizer = torch.optim.Adam(reference.parameters(), lr=2.5e-4, eps=1e-5, foreach=True)
+    params = list(model.parameters())
+    state = {"step": 0, "exp_avgs": [torch.zeros_like(p) for p in params]}
+    state["exp_avg_sqs"] = [torch.zeros_like(p) for p in params]
+    for step in range(5):
+        x, lr = torch.randn(16, 4), 2.5e-4 * (1 - step / 5)
+        for net in (model, reference):
+            net.zero_grad()
+            net(x).square().mean().backward()
+        optimizer.param_groups[0]["lr"] = lr
+        optimizer.step()
+        ppo.adam_step(params, [p.grad for p in params], state, lr, eps=1e-5)
+    assert state["step"] == 5
+    for p, r, p0 in zip(params, reference.parameters(), initial.parameters(), strict=True):
+        assert torch.equal(p, r)
+        assert not torch.equal(p, p0)
+
+
 def test_explained_variance(ppo):
     y = np.array([1.0, 2.0, 3.0, 4.0])
     assert ppo.explained_variance(y, y) == 1.0
@@ -224,10 +267,10 @@ def test_checkpoint_rng_round_trip_continues_every_stream(ppo, tmp_path):
     import random
 
     model = torch.nn.Linear(2, 2)
-    optimizer = torch.optim.Adam(model.parameters())
+    adam_state = {"step": 0, "exp_avgs": [torch.zeros(2, 2)], "exp_avg_sqs": [torch.zeros(2, 2)]}
     random.seed(3), np.random.seed(3), torch.manual_seed(3)
     np.random.randn()  # leaves a cached gaussian and a position inside the key block
-    ppo.save_checkpoint(str(tmp_path / "c.pt"), model, optimizer, ppo.Args(), 1, 2)
+    ppo.save_checkpoint(str(tmp_path / "c.pt"), model, adam_state, ppo.Args(), 1, 2)
     expected = (random.random(), np.random.rand(3), np.random.randn(), torch.rand(3))
     ppo.restore_rng(torch.load(tmp_path / "c.pt", weights_only=True)["rng"])
     assert random.random() == expected[0]
