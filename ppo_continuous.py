@@ -188,6 +188,8 @@ def check_args(args: Args) -> str | None:
                     f"{path!r} was trained with --num-envs {trained['num_envs']} --num-steps "
                     f"{trained['num_steps']}; resume with the same sizes"
                 )
+            if args.resume and set(checkpoint["optimizer"]) != {"step", "exp_avg", "exp_avg_sq"}:
+                return f"{path!r} holds optimizer state of an older version of this script; it can only be evaluated"
             if args.resume and checkpoint["iteration"] >= args.num_iterations:
                 return (
                     f"{path!r} already holds {checkpoint['global_step']} steps; "
@@ -377,29 +379,42 @@ def approx_kl(logratio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (-logratio).mean(), ((ratio - 1) - logratio).mean()
 
 
-def clip_grad_norm(grads: list[torch.Tensor], max_norm: float) -> None:
-    """Scales the gradients in place so that their global L2 norm is at most max_norm: the arithmetic
-    of torch.nn.utils.clip_grad_norm_, without its per-call bookkeeping."""
-    total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    torch._foreach_mul_(grads, (max_norm / (total_norm + 1e-6)).clamp(max=1.0))
+def flatten_parameters(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copies the module's parameters into one flat vector and makes each parameter a view of it, and
+    each .grad a view of a second, zeroed vector: the optimizer then works on two tensors, not on a list
+    of weights and biases. backward() adds into the .grad views, so zero the flat gradient before it
+    (module.zero_grad() would set .grad to None and cut the views)."""
+    params = list(module.parameters())
+    flat_params = torch.cat([p.detach().reshape(-1) for p in params])
+    flat_grad = torch.zeros_like(flat_params)
+    offset = 0
+    for p in params:
+        p.data = flat_params[offset : offset + p.numel()].view_as(p)
+        p.grad = flat_grad[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return flat_params, flat_grad
+
+
+def clip_grad_norm(grad: torch.Tensor, max_norm: float) -> None:
+    """Scales the flat gradient of all parameters in place so that its L2 norm is at most max_norm:
+    torch.nn.utils.clip_grad_norm_, without its per-call bookkeeping."""
+    grad.mul_((max_norm / (torch.linalg.vector_norm(grad) + 1e-6)).clamp(max=1.0))
 
 
 @torch.no_grad()
 def adam_step(
-    params: list[torch.Tensor], grads: list[torch.Tensor], state: dict, lr: float, eps: float, beta1=0.9, beta2=0.999
+    param: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, eps: float, beta1=0.9, beta2=0.999
 ) -> None:
-    """One Adam step in place (Kingma & Ba 2015, https://arxiv.org/abs/1412.6980, Algorithm 1), the same
-    arithmetic as torch.optim.Adam(foreach=True). Written out because torch.optim imports torch._dynamo,
-    which costs 1.2 s and 70 MB at startup, and its per-step bookkeeping costs more than the step here."""
+    """One Adam step in place on the flat parameter vector (Kingma & Ba 2015, https://arxiv.org/abs/1412.6980,
+    Algorithm 1), the same arithmetic as torch.optim.Adam. Written out because torch.optim imports
+    torch._dynamo, which costs 1.2 s and 70 MB at startup, and its per-step bookkeeping costs more than
+    the step here."""
     state["step"] += 1
-    exp_avgs, exp_avg_sqs = state["exp_avgs"], state["exp_avg_sqs"]
-    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)  # m ← β1·m + (1 - β1)·g
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)  # v ← β2·v + (1 - β2)·g²
-    denom = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_div_(denom, (1 - beta2 ** state["step"]) ** 0.5)
-    torch._foreach_add_(denom, eps)  # √v̂ + ε, v̂ = v / (1 - β2^t)
-    torch._foreach_addcdiv_(params, exp_avgs, denom, -lr / (1 - beta1 ** state["step"]))  # θ ← θ - lr·m̂/(√v̂ + ε)
+    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+    exp_avg.lerp_(grad, 1 - beta1)  # m ← β1·m + (1 - β1)·g
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)  # v ← β2·v + (1 - β2)·g²
+    denom = (exp_avg_sq.sqrt() / (1 - beta2 ** state["step"]) ** 0.5).add_(eps)  # √v̂ + ε, v̂ = v / (1 - β2^t)
+    param.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1 ** state["step"]))  # θ ← θ - lr·m̂/(√v̂ + ε)
 
 
 def explained_variance(y_pred: np.ndarray, y_true: np.ndarray) -> float:
@@ -489,13 +504,10 @@ def main(args: Args) -> None:
     # env setup
     envs = make_envs(args.env_id, args.num_envs, args.capture_video, run_name, args.gamma)
     agent = Agent(envs.single_observation_space.shape[0], envs.single_action_space.shape[0]).to(device)
-    # Adam with eps 1e-5 as in the PPO baselines: its step count and first and second moment estimates
-    params = list(agent.parameters())
-    adam_state = {
-        "step": 0,
-        "exp_avgs": [torch.zeros_like(p) for p in params],
-        "exp_avg_sqs": [torch.zeros_like(p) for p in params],
-    }
+    # Adam with eps 1e-5 as in the PPO baselines, on the flat vector of all parameters: its step count
+    # and first and second moment estimates
+    flat_params, flat_grad = flatten_parameters(agent)
+    adam_state = {"step": 0, "exp_avg": torch.zeros_like(flat_params), "exp_avg_sq": torch.zeros_like(flat_params)}
     lr = args.learning_rate
     start_iteration, global_step = 1, 0
     if checkpoint is not None:
@@ -517,9 +529,8 @@ def main(args: Args) -> None:
         return
     if args.resume:
         adam_state["step"] = checkpoint["optimizer"]["step"]
-        for name in ("exp_avgs", "exp_avg_sqs"):
-            for moment, saved in zip(adam_state[name], checkpoint["optimizer"][name], strict=True):
-                moment.copy_(saved)
+        for name in ("exp_avg", "exp_avg_sq"):
+            adam_state[name].copy_(checkpoint["optimizer"][name])
         start_iteration, global_step = checkpoint["iteration"] + 1, checkpoint["global_step"]
         restore_rng(checkpoint["rng"])
 
@@ -636,11 +647,10 @@ def main(args: Args) -> None:
                     entropy_loss = entropy.mean()
                     loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef  # PPO eq. 9
 
-                    agent.zero_grad()
+                    flat_grad.zero_()
                     loss.backward()
-                    grads = [p.grad for p in params]
-                    clip_grad_norm(grads, args.max_grad_norm)
-                    adam_step(params, grads, adam_state, lr, eps=1e-5)
+                    clip_grad_norm(flat_grad, args.max_grad_norm)
+                    adam_step(flat_params, flat_grad, adam_state, lr, eps=1e-5)
                     update_stats += torch.stack(
                         [pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl_value, clipfrac]
                     ).detach()

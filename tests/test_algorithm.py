@@ -162,44 +162,69 @@ def test_kl_estimators_agree_with_the_exact_kl(ppo):
     assert (((logratio.exp() - 1) - logratio) >= 0).all()
 
 
+def test_flatten_parameters_makes_weights_and_grads_views_of_two_vectors(ppo):
+    """Weights and .grad become views of flat vectors; backward() fills the flat gradient, a write to the
+    flat vector changes the module, and load_state_dict writes into it."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    reference = copy.deepcopy(model)
+    x = torch.randn(16, 4)
+    flat_params, flat_grad = ppo.flatten_parameters(model)
+    assert flat_params.shape == flat_grad.shape == (4 * 8 + 8 + 8 * 2 + 2,)
+    torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)  # same weights after the move
+    for _ in range(2):  # the zeroed flat gradient receives exactly one backward pass's gradients
+        flat_grad.zero_()
+        reference.zero_grad()
+        for net in (model, reference):
+            net(x).square().mean().backward()
+    expected = torch.cat([p.grad.reshape(-1) for p in reference.parameters()])
+    assert torch.equal(flat_grad, expected) and flat_grad.abs().sum() > 0
+    flat_params.add_(1.0)
+    assert torch.equal(model[0].bias, reference[0].bias.detach() + 1.0)
+    model.load_state_dict(reference.state_dict())
+    assert torch.equal(flat_params, torch.cat([p.detach().reshape(-1) for p in reference.parameters()]))
+
+
 @pytest.mark.parametrize("max_norm", [0.05, 100.0])
 def test_clip_grad_norm_matches_torch(ppo, max_norm):
-    """Clips (max_norm below the norm) or leaves alone (above it) exactly as clip_grad_norm_ does."""
+    """Clips (max_norm below the norm) or leaves alone (above it) as clip_grad_norm_ does. The norm of
+    the flat gradient sums the squares in another order than clip_grad_norm_'s norm of per-tensor norms,
+    so the two may differ in the last bits."""
     torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(shape)) for shape in [(64, 4), (64,), (2, 64)]]
-    for p in params:
-        p.grad = torch.randn_like(p)
-    expected = [p.grad.clone() for p in params]
-    reference = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    for r, p in zip(reference, params, strict=True):
-        r.grad = p.grad.clone()
-    torch.nn.utils.clip_grad_norm_(reference, max_norm, foreach=True)
-    grads = [p.grad for p in params]
-    ppo.clip_grad_norm(grads, max_norm)
-    for g, r in zip(grads, reference, strict=True):
-        assert torch.equal(g, r.grad)
-    assert (max_norm < 1.0) == any(not torch.equal(g, e) for g, e in zip(grads, expected, strict=True))
+    reference = [torch.nn.Parameter(torch.randn(shape)) for shape in [(64, 4), (64,), (2, 64)]]
+    for r in reference:
+        r.grad = torch.randn_like(r)
+    grad = torch.cat([r.grad.reshape(-1) for r in reference])
+    expected = grad.clone()
+    torch.nn.utils.clip_grad_norm_(reference, max_norm)
+    ppo.clip_grad_norm(grad, max_norm)
+    torch.testing.assert_close(grad, torch.cat([r.grad.reshape(-1) for r in reference]), rtol=1e-6, atol=0)
+    if max_norm < 1.0:
+        assert torch.linalg.vector_norm(grad).item() == pytest.approx(max_norm, rel=1e-5)
+    else:
+        assert torch.equal(grad, expected)
 
 
 def test_adam_step_matches_torch_optim_adam(ppo):
-    """Five steps with an annealed learning rate give bit-identical parameters to torch.optim.Adam."""
+    """Five steps with an annealed learning rate on the flat parameters give bit-identical weights to
+    torch.optim.Adam on the module's own parameters."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
     reference, initial = copy.deepcopy(model), copy.deepcopy(model)
-    optimizer = torch.optim.Adam(reference.parameters(), lr=2.5e-4, eps=1e-5, foreach=True)
-    params = list(model.parameters())
-    state = {"step": 0, "exp_avgs": [torch.zeros_like(p) for p in params]}
-    state["exp_avg_sqs"] = [torch.zeros_like(p) for p in params]
+    optimizer = torch.optim.Adam(reference.parameters(), lr=2.5e-4, eps=1e-5)
+    flat_params, flat_grad = ppo.flatten_parameters(model)
+    state = {"step": 0, "exp_avg": torch.zeros_like(flat_params), "exp_avg_sq": torch.zeros_like(flat_params)}
     for step in range(5):
         x, lr = torch.randn(16, 4), 2.5e-4 * (1 - step / 5)
+        flat_grad.zero_()
+        reference.zero_grad()
         for net in (model, reference):
-            net.zero_grad()
             net(x).square().mean().backward()
         optimizer.param_groups[0]["lr"] = lr
         optimizer.step()
-        ppo.adam_step(params, [p.grad for p in params], state, lr, eps=1e-5)
+        ppo.adam_step(flat_params, flat_grad, state, lr, eps=1e-5)
     assert state["step"] == 5
-    for p, r, p0 in zip(params, reference.parameters(), initial.parameters(), strict=True):
+    for p, r, p0 in zip(model.parameters(), reference.parameters(), initial.parameters(), strict=True):
         assert torch.equal(p, r)
         assert not torch.equal(p, p0)
 
@@ -254,6 +279,10 @@ def test_agent_categorical_matches_torch_distributions(ppo):
     torch.testing.assert_close(logprob, reference.log_prob(actions))
     torch.testing.assert_close(entropy, reference.entropy())
     torch.testing.assert_close(value, agent.get_value(x))
+    # the rollout's get_action: the same log-probability, and log π(·|x) of every action
+    _, rollout_logprob, logp = agent.get_action(x, actions)
+    torch.testing.assert_close(rollout_logprob, logprob)
+    torch.testing.assert_close(logp, reference.logits)
     # the Gumbel-max draw follows the policy's probabilities
     x1 = x[:1].expand(20000, -1)
     sampled, logprob, _, _ = agent.get_action_and_value(x1)
@@ -267,7 +296,7 @@ def test_checkpoint_rng_round_trip_continues_every_stream(ppo, tmp_path):
     import random
 
     model = torch.nn.Linear(2, 2)
-    adam_state = {"step": 0, "exp_avgs": [torch.zeros(2, 2)], "exp_avg_sqs": [torch.zeros(2, 2)]}
+    adam_state = {"step": 0, "exp_avg": torch.zeros(6), "exp_avg_sq": torch.zeros(6)}
     random.seed(3), np.random.seed(3), torch.manual_seed(3)
     np.random.randn()  # leaves a cached gaussian and a position inside the key block
     ppo.save_checkpoint(str(tmp_path / "c.pt"), model, adam_state, ppo.Args(), 1, 2)

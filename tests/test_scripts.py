@@ -56,6 +56,9 @@ def test_checkpoint_holds_weights_optimizer_args_step_and_rng(script, trained):
     assert {"model", "optimizer", "args", "iteration", "global_step", "rng"} <= set(checkpoint)
     assert checkpoint["args"]["env_id"] == SCRIPTS[script]["env_id"]
     assert checkpoint["global_step"] > 0 and checkpoint["iteration"] > 0
+    num_params = sum(weight.numel() for weight in checkpoint["model"].values())
+    assert checkpoint["optimizer"]["step"] > 0
+    assert checkpoint["optimizer"]["exp_avg"].shape == checkpoint["optimizer"]["exp_avg_sq"].shape == (num_params,)
 
 
 def test_resume_continues_step_count_and_learning_rate_schedule(script, trained):
@@ -73,14 +76,20 @@ def test_resume_continues_step_count_and_learning_rate_schedule(script, trained)
     assert second[0][1] == pytest.approx(first[0][1] / 2, rel=1e-5)
 
 
-def test_checkpoint_that_does_not_fit_the_arguments_is_named(script, trained, monkeypatch, tmp_path):
+def test_checkpoint_that_does_not_fit_the_arguments_is_named(script, trained, monkeypatch, tmp_path_factory, tmp_path):
     import tyro
 
     _, _, path, _ = trained
     ppo = load_script(script)
+    checkpoint = torch.load(path, weights_only=True)
+    steps = str(checkpoint["global_step"])
+    # the optimizer layout of earlier versions: one moment estimate per weight tensor
+    checkpoint["optimizer"] = {"step": 1, "exp_avgs": [], "exp_avg_sqs": []}
+    old_layout = str(tmp_path_factory.mktemp("old") / "old.pt")
+    torch.save(checkpoint, old_layout)
     monkeypatch.chdir(tmp_path)
-    steps = str(torch.load(path, weights_only=True)["global_step"])
     for args, fragment in [
+        (["--resume", old_layout, "--total-timesteps", "100000"], "older version of this script"),
         (["--resume", path, "--num-steps", "16"], "resume with the same sizes"),
         (["--resume", path, "--total-timesteps", steps], "raise --total-timesteps"),
         (["--eval-checkpoint", path, "--eval-episodes", "0"], "--eval-episodes 1 or more"),
