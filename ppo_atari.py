@@ -10,7 +10,7 @@ deep reinforcement learning" (DQN Nature).
 Differs from ppo_discrete.py in: pixels: ale-py's vector env with the standard Atari preprocessing
 (a life loss ends a training episode, the logged return is the whole game's raw score, rewards
 clipped to their sign for training), the Nature CNN shared by policy and value heads, uint8 rollout
-storage, Atari defaults.
+storage, minibatch gradients accumulated over chunks (--grad-chunks, for memory), Atari defaults.
 
 Symbols: N=num_envs, T=num_steps, K=update_epochs, γ=gamma, λ=gae_lambda, ε=clip_coef,
 c1=vf_coef, c2=ent_coef, r_t(θ)=ratio, Â_t=advantages.
@@ -97,6 +97,11 @@ class Args:
     bootstrap_truncated: bool = True
     """if toggled, bootstrap V(final obs) at a time-limit truncation (off: CleanRL's behaviour)"""
 
+    # Atari specific arguments
+    grad_chunks: int = 2
+    """split each minibatch into this many chunks (sizes differing by at most 1) and add up their gradients:
+    the same update, with one chunk's activations in memory at a time (1: no split)"""
+
     @property
     def batch_size(self) -> int:
         return self.num_envs * self.num_steps
@@ -159,6 +164,11 @@ def check_args(args: Args) -> str | None:
         (args.ent_coef >= 0, "--ent-coef must be 0 or more"),
         (args.vf_coef >= 0, "--vf-coef must be 0 or more"),
         (args.max_grad_norm > 0, "--max-grad-norm must be positive"),
+        (
+            0 < args.grad_chunks <= args.num_envs * args.num_steps // max(args.num_minibatches, 1),
+            f"--grad-chunks must be between 1 and the minibatch size num_envs*num_steps/num_minibatches "
+            f"= {args.num_envs * args.num_steps // max(args.num_minibatches, 1)}",
+        ),
         (args.target_kl is None or args.target_kl > 0, "--target-kl must be positive (or omitted)"),
         (args.resume is None or args.eval_checkpoint is None, "pass --resume or --eval-checkpoint, not both"),
         (args.eval_checkpoint is None or args.eval_episodes > 0, "--eval-checkpoint needs --eval-episodes 1 or more"),
@@ -389,12 +399,15 @@ def flatten_parameters(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     of weights and biases. backward() adds into the .grad views, so zero the flat gradient before it
     (module.zero_grad() would set .grad to None and cut the views)."""
     params = list(module.parameters())
-    flat_params = torch.cat([p.detach().reshape(-1) for p in params])
+    flat_params = torch.empty(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
     flat_grad = torch.zeros_like(flat_params)
     offset = 0
     for p in params:
-        p.data = flat_params[offset : offset + p.numel()].view_as(p)
-        p.grad = flat_grad[offset : offset + p.numel()].view_as(p)
+        # views with the parameter's own strides, so that a layout such as channels_last is kept
+        view = flat_params[offset : offset + p.numel()].as_strided(p.shape, p.stride())
+        view.copy_(p.detach())
+        p.data = view
+        p.grad = flat_grad[offset : offset + p.numel()].as_strided(p.shape, p.stride())
         offset += p.numel()
     return flat_params, flat_grad
 
@@ -631,36 +644,46 @@ def main(args: Args) -> None:
                 for start in range(0, args.batch_size, args.minibatch_size):
                     end = start + args.minibatch_size
                     mb_inds = b_inds[start:end]
-
-                    _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
-                    logratio = newlogprob - b_logprobs[mb_inds]
-                    ratio = logratio.exp()
-
-                    with torch.no_grad():
-                        old_approx_kl, approx_kl_value = approx_kl(logratio)
-                        clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
-
                     mb_advantages = b_advantages[mb_inds]
                     if args.norm_adv:
                         mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
 
-                    pg_loss = policy_loss(mb_advantages, ratio, args.clip_coef)
-                    v_loss = value_loss(
-                        newvalue.view(-1), b_values[mb_inds], b_returns[mb_inds], args.clip_coef, args.clip_vloss
-                    )
-                    entropy_loss = entropy.mean()
-                    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef  # PPO eq. 9
-
+                    # The minibatch's gradient is the sum of its chunks' gradients, each chunk's loss weighted
+                    # by its share of the minibatch: the same update, with one chunk's activations alive at a time
                     flat_grad.zero_()
-                    loss.backward()
+                    mb_stats = torch.zeros(6, device=device)
+                    for ch_inds, ch_advantages in zip(
+                        mb_inds.tensor_split(args.grad_chunks),
+                        mb_advantages.tensor_split(args.grad_chunks),
+                        strict=True,
+                    ):
+                        share = len(ch_inds) / args.minibatch_size
+                        _, newlogprob, entropy, newvalue = agent.get_action_and_value(
+                            b_obs[ch_inds], b_actions[ch_inds]
+                        )
+                        logratio = newlogprob - b_logprobs[ch_inds]
+                        ratio = logratio.exp()
+
+                        with torch.no_grad():
+                            old_approx_kl, approx_kl_value = approx_kl(logratio)
+                            clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
+
+                        pg_loss = policy_loss(ch_advantages, ratio, args.clip_coef)
+                        v_loss = value_loss(
+                            newvalue.view(-1), b_values[ch_inds], b_returns[ch_inds], args.clip_coef, args.clip_vloss
+                        )
+                        entropy_loss = entropy.mean()
+                        loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef  # PPO eq. 9
+
+                        (share * loss).backward()
+                        stats = torch.stack([pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl_value, clipfrac])
+                        mb_stats += share * stats.detach()
                     clip_grad_norm(flat_grad, args.max_grad_norm)
                     adam_step(flat_params, flat_grad, adam_state, lr, eps=1e-5)
-                    update_stats += torch.stack(
-                        [pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl_value, clipfrac]
-                    ).detach()
+                    update_stats += mb_stats
                     num_updates += 1
 
-                if args.target_kl is not None and approx_kl_value > args.target_kl:
+                if args.target_kl is not None and mb_stats[4] > args.target_kl:  # the last minibatch's approx_kl
                     break
 
             pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl_value, clipfrac = (

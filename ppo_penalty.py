@@ -367,12 +367,15 @@ def flatten_parameters(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     of weights and biases. backward() adds into the .grad views, so zero the flat gradient before it
     (module.zero_grad() would set .grad to None and cut the views)."""
     params = list(module.parameters())
-    flat_params = torch.cat([p.detach().reshape(-1) for p in params])
+    flat_params = torch.empty(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
     flat_grad = torch.zeros_like(flat_params)
     offset = 0
     for p in params:
-        p.data = flat_params[offset : offset + p.numel()].view_as(p)
-        p.grad = flat_grad[offset : offset + p.numel()].view_as(p)
+        # views with the parameter's own strides, so that a layout such as channels_last is kept
+        view = flat_params[offset : offset + p.numel()].as_strided(p.shape, p.stride())
+        view.copy_(p.detach())
+        p.data = view
+        p.grad = flat_grad[offset : offset + p.numel()].as_strided(p.shape, p.stride())
         offset += p.numel()
     return flat_params, flat_grad
 

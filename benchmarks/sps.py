@@ -7,6 +7,8 @@ built with the script's default arguments, stepped with `envs.action_space.sampl
 number of steps; (2) the script trained for --total-timesteps with its defaults, whose SPS is the
 last charts/SPS it logs (steps over wall time of the training loop). Reported: the median of each
 over the repeats and the median of the per-repeat ratio, so both sides share the machine's state.
+After the repeats, one more training run inside this process splits its wall time into env stepping,
+the policy's inference in the rollout, and the rest (update, GAE, logging); see time_split.
 """
 
 import argparse
@@ -26,6 +28,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learning import ROOT, read_scalars  # noqa: E402
+
+HEADER = (
+    "| script | env | PPO SPS (median) | random-policy SPS, same vector env (median) | ratio (median) "
+    "| time split: env step / inference / update and the rest (one extra run) | repeats | date | machine | command |\n"
+    "|-|-|-|-|-|-|-|-|-|-|\n"
+)
 
 
 def load_script(script: str):
@@ -63,6 +71,75 @@ def ppo_sps(script: str, env_id: str, total_timesteps: int, extra_args: list[str
         return read_scalars(str(run_dir))["charts/SPS"][-1][2]
 
 
+def time_split(module, env_id: str, total_timesteps: int, extra_args: list[str]) -> dict[str, float]:
+    """Where one training run's time goes, as fractions of the wall time from its first env step to its
+    end: stepping the vector env, the policy's forward passes in the rollout (the agent's methods called
+    under torch.inference_mode), and the rest (the update, GAE, storage and logging). The script runs
+    in this process, with its make_envs and Agent wrapped by timers. The MLP scripts compute the
+    rollout's values V(s_t) in one batch after it (under no_grad), so those count in the rest; ppo_atari.py
+    computes them with the action, so they count as inference."""
+    import signal
+
+    import torch
+    import tyro
+
+    spent = {"env": 0.0, "inference": 0.0, "first_step": None}
+    make_envs, agent_class = module.make_envs, module.Agent
+
+    def timed_make_envs(*a, **kw):
+        envs = make_envs(*a, **kw)
+        step = envs.step
+
+        def timed_step(actions):
+            start = time.perf_counter()
+            spent["first_step"] = spent["first_step"] or start
+            result = step(actions)
+            spent["env"] += time.perf_counter() - start
+            return result
+
+        envs.step = timed_step
+        return envs
+
+    depth = [0]  # the agent's methods call each other: time only the outermost call
+
+    def timed(method):
+        def wrapper(self, *a, **kw):
+            if depth[0] or not torch.is_inference_mode_enabled():
+                return method(self, *a, **kw)
+            depth[0] += 1
+            start = time.perf_counter()
+            try:
+                return method(self, *a, **kw)
+            finally:
+                spent["inference"] += time.perf_counter() - start
+                depth[0] -= 1
+
+        return wrapper
+
+    methods = {name: timed(getattr(agent_class, name)) for name in ("get_action", "get_action_and_value", "get_value")}
+    timed_agent_class = type(agent_class.__name__, (agent_class,), methods)
+    args = tyro.cli(module.Args, args=["--env-id", env_id, "--total-timesteps", str(total_timesteps), *extra_args])
+    args.eval_episodes = 0
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    cwd = os.getcwd()
+    module.make_envs, module.Agent = timed_make_envs, timed_agent_class
+    with tempfile.TemporaryDirectory() as workdir:
+        try:
+            os.chdir(workdir)
+            module.main(args)
+            total = time.perf_counter() - spent["first_step"]
+        finally:
+            os.chdir(cwd)
+            module.make_envs, module.Agent = make_envs, agent_class
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+    return {
+        "env step": spent["env"] / total,
+        "inference": spent["inference"] / total,
+        "update and the rest": 1 - (spent["env"] + spent["inference"]) / total,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--script", required=True)
@@ -71,6 +148,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None, help="markdown file to append the result to")
     args, extra_args = parser.parse_known_args()
+    if args.out and args.out.exists() and args.out.read_text().splitlines()[:1] != HEADER.splitlines()[:1]:
+        raise SystemExit(f"{args.out} has another table header than this script writes; move it away first")
     module = load_script(args.script)
     ppo, rand = [], []
     for repeat in range(args.repeats):
@@ -78,14 +157,19 @@ def main() -> None:
         ppo.append(ppo_sps(args.script, args.env_id, args.total_timesteps, extra_args))
         print(f"repeat {repeat + 1}: random {rand[-1]:9.0f} SPS   ppo {ppo[-1]:7.0f} SPS", flush=True)
     ratios = np.array(ppo) / np.array(rand)
+    split = time_split(module, args.env_id, args.total_timesteps, extra_args)
+    print("where the time goes: " + ", ".join(f"{name} {100 * share:.0f}%" for name, share in split.items()))
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]])
     line = (
         f"| {args.script} | {args.env_id} | {np.median(ppo):.0f} | {np.median(rand):.0f} | "
-        f"{100 * np.median(ratios):.1f}% | {args.repeats} | {datetime.date.today().isoformat()} | "
+        f"{100 * np.median(ratios):.1f}% | {' / '.join(f'{100 * share:.0f}%' for share in split.values())} | "
+        f"{args.repeats} | {datetime.date.today().isoformat()} | "
         f"{platform.machine()}, {os.cpu_count()} CPUs | `{command}` |"
     )
     print(line)
     if args.out:
+        if not args.out.exists():
+            args.out.write_text(HEADER)
         with open(args.out, "a") as f:
             f.write(line + "\n")
 

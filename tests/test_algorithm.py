@@ -185,6 +185,21 @@ def test_flatten_parameters_makes_weights_and_grads_views_of_two_vectors(ppo):
     assert torch.equal(flat_params, torch.cat([p.detach().reshape(-1) for p in reference.parameters()]))
 
 
+def test_flatten_parameters_keeps_a_channels_last_layout(ppo):
+    """ppo_atari.py's convolutions are channels_last: their weights and grads stay so, with the same values."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 8, 3).to(memory_format=torch.channels_last)
+    reference = copy.deepcopy(conv)
+    flat_params, flat_grad = ppo.flatten_parameters(conv)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    assert conv.weight.grad.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(conv.weight, reference.weight) and torch.equal(conv.bias, reference.bias)
+    x = torch.randn(2, 4, 9, 9)
+    for net in (conv, reference):
+        net(x).square().sum().backward()
+    assert torch.equal(conv.weight.grad, reference.weight.grad) and flat_grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("max_norm", [0.05, 100.0])
 def test_clip_grad_norm_matches_torch(ppo, max_norm):
     """Clips (max_norm below the norm) or leaves alone (above it) as clip_grad_norm_ does. The norm of

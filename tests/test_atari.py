@@ -81,11 +81,13 @@ def train(ppo, workdir, args, max_num_frames_per_episode=None):
     class SpyAgent(agent_class):
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
-            self.input_dtypes = set()
+            self.input_dtypes, self.update_batch_sizes = set(), set()
             agents.append(self)
 
         def get_action_and_value(self, x, action=None):
             self.input_dtypes.add(("rollout" if action is None else "update", x.dtype))
+            if action is not None:
+                self.update_batch_sizes.add(len(x))
             return super().get_action_and_value(x, action)
 
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
@@ -230,6 +232,37 @@ def test_time_limit_truncation_bootstraps_the_final_obs(ppo, tmp_path):
         expected[k, i] += call["gamma"] * final_value
         assert s["frame"][k, i] < frames  # the next obs starts a new game
     np.testing.assert_allclose(s["gae_rewards"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_chunks_give_the_same_update(ppo, tmp_path, monkeypatch):
+    """--grad-chunks splits each minibatch only to save memory: every minibatch's gradient (before
+    clipping), the weights after two iterations and the logged losses match those of the unsplit
+    minibatch, up to float summation order."""
+    clip_grad_norm, grads = ppo.clip_grad_norm, []
+
+    def spy_clip_grad_norm(grad, max_norm):  # sees each minibatch's whole gradient, before clipping
+        grads.append(grad.clone())
+        clip_grad_norm(grad, max_norm)
+
+    monkeypatch.setattr(ppo, "clip_grad_norm", spy_clip_grad_norm)
+    args = ["--env-id", GAME_ID, "--num-envs", "2", "--num-steps", "32", "--num-minibatches", "2"]
+    args += ["--update-epochs", "2", "--total-timesteps", "128", "--eval-episodes", "0", "--num-threads", "1"]
+    runs = {}
+    for chunks in (1, 3):  # a minibatch of 32 in chunks of 11, 11 and 10
+        (tmp_path / str(chunks)).mkdir()
+        runs[chunks] = train(ppo, tmp_path / str(chunks), [*args, "--grad-chunks", str(chunks)])
+        runs[chunks]["grads"], grads = grads, []
+    whole, chunked = runs[1], runs[3]
+    assert whole["agent"].update_batch_sizes == {32} and chunked["agent"].update_batch_sizes == {11, 10}
+    assert len(whole["grads"]) == len(chunked["grads"]) == 2 * 2 * 2  # iterations · epochs · minibatches
+    for g, expected in zip(chunked["grads"], whole["grads"], strict=True):
+        torch.testing.assert_close(g, expected, rtol=1e-4, atol=1e-6)
+    initial = whole["gae_calls"][0]["model"]
+    for key, value in whole["agent"].state_dict().items():
+        torch.testing.assert_close(chunked["agent"].state_dict()[key], value, rtol=1e-4, atol=1e-6)
+        assert not torch.equal(value, initial[key])
+    for tag in ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/approx_kl"):
+        np.testing.assert_allclose(chunked["logs"][tag], whole["logs"][tag], rtol=1e-4, atol=1e-7)
 
 
 def test_nature_cnn_shapes_init_and_pixel_scaling(ppo):
