@@ -198,7 +198,10 @@ def check_args(args: Args) -> str | None:
                     f"{trained['num_steps']}; resume with the same sizes"
                 )
             if args.resume and set(checkpoint["optimizer"]) != {"step", "exp_avg", "exp_avg_sq"}:
-                return f"{path!r} holds optimizer state of an older version of this script; it can only be evaluated"
+                return (
+                    f"{path!r} holds optimizer state of an older version of this script; "
+                    f"evaluate it with --eval-checkpoint, or train without --resume"
+                )
             if args.resume and checkpoint["iteration"] >= args.num_iterations:
                 return (
                     f"{path!r} already holds {checkpoint['global_step']} steps; "
@@ -613,7 +616,7 @@ def main(args: Args) -> None:
                             writer.add_scalar("charts/episodic_return", infos["episode"]["r"][i], global_step)
                             writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)
 
-            # bootstrap value if not done
+            # the rollout as torch tensors, and the bootstrap value V(s_T) after it
             obs_t = torch.as_tensor(obs, device=device)  # (T, N, 4, 84, 84)
             values_t = torch.as_tensor(values, device=device)  # (T, N)
             with torch.no_grad():

@@ -188,7 +188,10 @@ def check_args(args: Args) -> str | None:
                     f"{trained['num_steps']}; resume with the same sizes"
                 )
             if args.resume and set(checkpoint["optimizer"]) != {"step", "exp_avg", "exp_avg_sq"}:
-                return f"{path!r} holds optimizer state of an older version of this script; it can only be evaluated"
+                return (
+                    f"{path!r} holds optimizer state of an older version of this script; "
+                    f"evaluate it with --eval-checkpoint, or train without --resume"
+                )
             if args.resume and checkpoint["iteration"] >= args.num_iterations:
                 return (
                     f"{path!r} already holds {checkpoint['global_step']} steps; "
