@@ -3,25 +3,24 @@
 Implements Schulman et al. 2017, "Proximal Policy Optimization Algorithms"
 (https://arxiv.org/abs/1707.06347): the clipped surrogate L^CLIP (eq. 7) inside the combined
 objective L^CLIP+VF+S (eq. 9), with advantages from generalized advantage estimation
-(Schulman et al. 2016, https://arxiv.org/abs/1506.02438, eq. 16), on the Atari setup of the
-PPO paper (section 6.4) with the preprocessing of Mnih et al. 2015, "Human-level control through
-deep reinforcement learning" (DQN Nature).
+(Schulman et al. 2016, https://arxiv.org/abs/1506.02438, eq. 16), on the Atari setup of the PPO
+paper (section 6.4) with the preprocessing of Mnih et al. 2015 (DQN Nature).
 
-Differs from ppo_discrete.py in: pixels: ale-py's vector env with the standard Atari preprocessing
-(a life loss ends a training episode, the logged return is the whole game's raw score, rewards
-clipped to their sign for training), the Nature CNN shared by policy and value heads, uint8 rollout
-storage, minibatch gradients accumulated over chunks (--grad-chunks, for memory), Atari defaults.
+Differs from ppo_discrete.py in: ale-py's vector env with the standard Atari preprocessing (a life loss
+ends a training episode, the logged return is the whole game's raw score, rewards clipped to their sign
+for training), the Nature CNN shared by policy and value heads, uint8 rollout storage, Atari defaults.
 
 Symbols: N=num_envs, T=num_steps, K=update_epochs, γ=gamma, λ=gae_lambda, ε=clip_coef,
 c1=vf_coef, c2=ent_coef, r_t(θ)=ratio, Â_t=advantages.
 """
 
+import math
 import os
 import random
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import gymnasium as gym
 import numpy as np
@@ -36,71 +35,37 @@ from torch.utils.tensorboard import SummaryWriter
 # ---- arguments ----
 @dataclass
 class Args:
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment"""
-    seed: int = 1
-    """seed of random, numpy, torch and the environments"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """if toggled, cuda will be used when available"""
-    num_threads: int = 2
-    """torch CPU threads (the CNN update splits across cores: 1.6x the SPS of 1 thread on 2 cores)"""
-    capture_video: bool = False
-    """if toggled, record videos of env 0 under `videos/{run_name}/`"""
-    save_model: bool = False
-    """if toggled, save a checkpoint to `runs/{run_name}/{exp_name}.pt` at the end (and on Ctrl-C)"""
-    resume: str | None = None
-    """path of a checkpoint of this script to continue training from"""
-    eval_checkpoint: str | None = None
-    """path of a checkpoint of this script to evaluate, without training"""
-    eval_episodes: int = 10
-    """number of evaluation episodes after training, logged as eval/episodic_return (0: none)"""
-    eval_deterministic: bool = False
-    """if toggled, evaluation takes the most likely action instead of sampling"""
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]  # the name of this experiment
+    seed: int = 1  # seed of random, numpy, torch and the environments
+    torch_deterministic: bool = True  # if toggled, `torch.backends.cudnn.deterministic=True`
+    cuda: bool = True  # if toggled, cuda will be used when available
+    num_threads: int = 2  # torch CPU threads (the CNN update splits across cores: 1.6x the SPS of 1 on 2 cores)
+    capture_video: bool = False  # if toggled, record videos of env 0 under `videos/{run_name}/`
+    save_model: bool = False  # if toggled, save a checkpoint to `runs/{run_name}/{exp_name}.pt` at the end
+    resume: str | None = None  # path of a checkpoint of this script to continue training from
+    eval_checkpoint: str | None = None  # path of a checkpoint of this script to evaluate, without training
+    eval_episodes: int = 10  # evaluation episodes after training, logged as eval/episodic_return (0: none)
+    eval_deterministic: bool = False  # if toggled, evaluation takes the most likely action instead of sampling
 
     # Algorithm specific arguments
-    env_id: str = "BreakoutNoFrameskip-v4"
-    """the gymnasium id of the Atari game (ALE/Breakout-v5 works too: only the game is taken from it)"""
-    total_timesteps: int = 10000000
-    """total environment steps of training, over all envs"""
-    learning_rate: float = 2.5e-4
-    """the learning rate of the Adam optimizer"""
-    num_envs: int = 8
-    """N: the number of parallel environments"""
-    num_steps: int = 128
-    """T: the number of steps per env in each rollout"""
-    anneal_lr: bool = True
-    """if toggled, the learning rate decays linearly to 0 over training"""
-    gamma: float = 0.99
-    """γ: the discount factor"""
-    gae_lambda: float = 0.95
-    """λ: the GAE parameter"""
-    num_minibatches: int = 4
-    """the number of minibatches per epoch"""
-    update_epochs: int = 4
-    """K: the number of epochs over the batch in each update"""
-    norm_adv: bool = True
-    """if toggled, normalize Â_t within each minibatch"""
-    clip_coef: float = 0.1
-    """ε: the surrogate clipping coefficient"""
-    clip_vloss: bool = True
-    """if toggled, clip the value update to ±ε around the rollout's value (PPO baselines)"""
-    ent_coef: float = 0.01
-    """c2: the coefficient of the entropy bonus"""
-    vf_coef: float = 0.5
-    """c1: the coefficient of the value loss"""
-    max_grad_norm: float = 0.5
-    """the maximum global norm of the gradient"""
-    target_kl: float | None = None
-    """stop the update's epochs early once the approximate KL exceeds this (None: never)"""
-    bootstrap_truncated: bool = True
-    """if toggled, bootstrap V(final obs) at a time-limit truncation (off: CleanRL's behaviour)"""
-
-    # Atari specific arguments
-    grad_chunks: int = 2
-    """split each minibatch into this many chunks (sizes differing by at most 1) and add up their gradients:
-    the same update, with one chunk's activations in memory at a time (1: no split)"""
+    env_id: str = "BreakoutNoFrameskip-v4"  # the gymnasium id of the Atari game (ALE/Breakout-v5: the same game)
+    total_timesteps: int = 10000000  # total environment steps over all envs (rounded down to whole iterations)
+    learning_rate: float = 2.5e-4  # the learning rate of the Adam optimizer
+    num_envs: int = 8  # N: the number of parallel environments
+    num_steps: int = 128  # T: the number of steps per env in each rollout
+    anneal_lr: bool = True  # if toggled, the learning rate decays linearly to 0 over training
+    gamma: float = 0.99  # γ: the discount factor
+    gae_lambda: float = 0.95  # λ: the GAE parameter
+    num_minibatches: int = 4  # the number of minibatches per epoch
+    update_epochs: int = 4  # K: the number of epochs over the batch in each update
+    norm_adv: bool = True  # if toggled, normalize Â_t within each minibatch
+    clip_coef: float = 0.1  # ε: the surrogate clipping coefficient
+    clip_vloss: bool = True  # if toggled, clip the value update to ±ε around the rollout's value (PPO baselines)
+    ent_coef: float = 0.01  # c2: the coefficient of the entropy bonus
+    vf_coef: float = 0.5  # c1: the coefficient of the value loss
+    max_grad_norm: float = 0.5  # the maximum global norm of the gradient
+    target_kl: float | None = None  # stop the epochs early once the approximate KL exceeds this (None: never)
+    bootstrap_truncated: bool = True  # if toggled, bootstrap V(final obs) at a truncation (off: as CleanRL)
 
     @property
     def batch_size(self) -> int:
@@ -115,175 +80,52 @@ class Args:
         return self.total_timesteps // self.batch_size
 
 
-def load_checkpoint(path: str, device: torch.device | str = "cpu") -> dict:
-    """Loads a checkpoint of this script without executing code from the file (weights_only)."""
-    script = os.path.basename(__file__)
-    if not os.path.isfile(path):
-        raise ValueError(f"checkpoint {path!r} does not exist; pass the path of a .pt file written by --save-model")
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except Exception:
-        raise ValueError(
-            f"{path!r} is not a checkpoint file; pass a .pt file written by {script} --save-model"
-        ) from None
-    if not isinstance(checkpoint, dict) or "script" not in checkpoint:
-        raise ValueError(f"{path!r} is not a checkpoint of {script}; pass a .pt file written by {script} --save-model")
-    if checkpoint["script"] != script:
-        raise ValueError(f"{path!r} is a checkpoint of {checkpoint['script']}, not {script}; load it with that script")
-    return checkpoint
-
-
-def check_args(args: Args) -> str | None:
-    """Returns what is wrong with the arguments, with the fix, or None; builds no env, writes nothing."""
-    checks = [
-        (args.total_timesteps > 0, "--total-timesteps must be positive"),
-        (args.num_envs > 0, "--num-envs must be positive"),
-        (args.num_steps > 0, "--num-steps must be positive"),
-        (args.num_minibatches > 0, "--num-minibatches must be positive"),
-        (args.update_epochs > 0, "--update-epochs must be positive"),
-        (args.num_threads > 0, "--num-threads must be positive"),
-        (args.eval_episodes >= 0, "--eval-episodes must be 0 or more"),
-        (
-            args.num_envs * args.num_steps % max(args.num_minibatches, 1) == 0,
-            f"--num-minibatches {args.num_minibatches} must divide the batch size "
-            f"num_envs*num_steps = {args.num_envs * args.num_steps}",
-        ),
-        (
-            args.num_minibatches <= args.num_envs * args.num_steps,
-            "--num-minibatches must not exceed the batch size num_envs*num_steps",
-        ),
-        (
-            args.eval_checkpoint is not None or args.total_timesteps >= args.num_envs * args.num_steps,
-            f"--total-timesteps {args.total_timesteps} is smaller than one batch "
-            f"(num_envs*num_steps = {args.num_envs * args.num_steps}); raise it or shrink the batch",
-        ),
-        (args.learning_rate > 0, "--learning-rate must be positive"),
-        (0 <= args.gamma <= 1, "--gamma must be in [0, 1]"),
-        (0 <= args.gae_lambda <= 1, "--gae-lambda must be in [0, 1]"),
-        (args.clip_coef > 0, "--clip-coef must be positive"),
-        (args.ent_coef >= 0, "--ent-coef must be 0 or more"),
-        (args.vf_coef >= 0, "--vf-coef must be 0 or more"),
-        (args.max_grad_norm > 0, "--max-grad-norm must be positive"),
-        (
-            0 < args.grad_chunks <= args.num_envs * args.num_steps // max(args.num_minibatches, 1),
-            f"--grad-chunks must be between 1 and the minibatch size num_envs*num_steps/num_minibatches "
-            f"= {args.num_envs * args.num_steps // max(args.num_minibatches, 1)}",
-        ),
-        (args.target_kl is None or args.target_kl > 0, "--target-kl must be positive (or omitted)"),
-        (args.resume is None or args.eval_checkpoint is None, "pass --resume or --eval-checkpoint, not both"),
-        (args.eval_checkpoint is None or args.eval_episodes > 0, "--eval-checkpoint needs --eval-episodes 1 or more"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            return message
-    try:
-        gym.spec(args.env_id)
-    except gym.error.Error as e:
-        return f"unknown --env-id {args.env_id!r} ({e}); pass a gymnasium Atari id such as BreakoutNoFrameskip-v4"
-    problem = check_env_spaces(args.env_id)
-    if problem:
-        return problem
-    for path in (args.resume, args.eval_checkpoint):
-        if path is not None:
-            try:
-                checkpoint = load_checkpoint(path)
-            except ValueError as e:
-                return str(e)
-            if checkpoint["args"]["env_id"] != args.env_id:
-                return f"{path!r} was trained on {checkpoint['args']['env_id']}; pass --env-id {checkpoint['args']['env_id']}"
-            trained = checkpoint["args"]
-            if args.resume and (trained["num_envs"], trained["num_steps"]) != (args.num_envs, args.num_steps):
-                return (
-                    f"{path!r} was trained with --num-envs {trained['num_envs']} --num-steps "
-                    f"{trained['num_steps']}; resume with the same sizes"
-                )
-            if args.resume and set(checkpoint["optimizer"]) != {"step", "exp_avg", "exp_avg_sq"}:
-                return (
-                    f"{path!r} holds optimizer state of an older version of this script; "
-                    f"evaluate it with --eval-checkpoint, or train without --resume"
-                )
-            if args.resume and checkpoint["iteration"] >= args.num_iterations:
-                return (
-                    f"{path!r} already holds {checkpoint['global_step']} steps; "
-                    f"raise --total-timesteps above that to continue training"
-                )
-    return None
-
-
 # ---- environment ----
-def check_env_spaces(env_id: str) -> str | None:
-    """Returns why this script cannot train on env_id, naming the script that can, or None."""
-    if gym.spec(env_id).entry_point != "ale_py.env:AtariEnv":
-        return f"--env-id {env_id} is not an Atari game; use ppo_discrete.py (ppo_continuous.py for continuous actions)"
-    return None
-
-
 def make_envs(env_id: str, num_envs: int, capture_video: bool, run_name: str) -> gym.vector.VectorEnv:
-    # The standard preprocessing (DQN Nature; Machado et al. 2018, https://arxiv.org/abs/1709.06009),
-    # done by ale-py in C++ threads: up to 30 no-op starts, each action repeated for 4 frames with the
-    # max of the last two, FIRE at reset where the game needs it, 84x84 grayscale, the last 4 frames
-    # stacked, no sticky actions, the minimal action set, a game cut at 108000 frames (30 minutes).
-    # Rewards stay raw, so that the logged return is the game's score; training clips them.
-    # episodic_life stays off: ale-py's restarts the whole game at every life loss (ale-py 0.12.1);
-    # main() ends the training episode at a life loss instead, and the game goes on.
-    # SAME_STEP autoreset: the step that ends an episode returns the next episode's first obs and
-    # the ended one's last obs in info["final_obs"]. Every stored transition is then a real one
-    # (NEXT_STEP, ale-py's default, would interleave a no-op reset step), and a truncation's final
-    # obs is at hand to bootstrap in the same step. https://farama.org/Vector-Autoreset-Mode
+    # The standard preprocessing (DQN Nature; Machado et al. 2018, https://arxiv.org/abs/1709.06009) in
+    # ale-py's C++ threads: up to 30 no-op starts, frame skip 4 with the max of the last two frames, FIRE at
+    # reset, 84x84 grayscale, 4 stacked frames, no sticky actions, minimal actions, games cut at 30 minutes.
+    # Rewards stay raw (the logged return is the score). episodic_life stays off: ale-py's restarts the game
+    # at every life loss; main() ends the training episode there instead and the game goes on.
+    # SAME_STEP autoreset: the step that ends an episode returns the next episode's first obs, and the
+    # ended one's last obs in info["final_obs"] (https://farama.org/Vector-Autoreset-Mode)
     envs = AtariVectorEnv(
-        gym.spec(env_id).kwargs["game"],
-        num_envs,
-        noop_max=30,
-        frameskip=4,
-        maxpool=True,
-        use_fire_reset=True,
-        img_height=84,
-        img_width=84,
-        grayscale=True,
-        stack_num=4,
-        repeat_action_probability=0.0,
-        full_action_space=False,
-        max_num_frames_per_episode=108000,
-        episodic_life=False,
-        reward_clipping=False,
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
+        gym.spec(env_id).kwargs["game"], num_envs, noop_max=30, frameskip=4, maxpool=True, use_fire_reset=True,
+        img_height=84, img_width=84, grayscale=True, stack_num=4, repeat_action_probability=0.0,
+        full_action_space=False, max_num_frames_per_episode=108000, episodic_life=False, reward_clipping=False,
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )  # fmt: skip
     if capture_video:
-        # gymnasium's RecordVideo needs render(), which this vector env lacks: env 0's games are
-        # recorded from its observations (the newest 84x84 frame, what the agent sees) on gymnasium's
-        # capped cubic schedule, and the game in progress at close
-        class RecordVideoEnv0(gym.vector.VectorWrapper):
-            def __init__(self, env: gym.vector.VectorEnv, video_folder: str):
-                super().__init__(env)
-                self.video_folder, self.episode_id, self.frames = video_folder, 0, []
-
-            def reset(self, **kwargs):
-                obs, infos = self.env.reset(**kwargs)
-                self.frames = [obs[0, -1]]
-                return obs, infos
-
-            def step(self, actions):
-                obs, rewards, terminations, truncations, infos = self.env.step(actions)
-                if terminations[0] or truncations[0]:
-                    self.frames.append(infos["final_obs"][0, -1])
-                    self.save()
-                    self.episode_id += 1
-                if capped_cubic_video_schedule(self.episode_id):
-                    self.frames.append(obs[0, -1])
-                return obs, rewards, terminations, truncations, infos
-
-            def save(self):
-                if capped_cubic_video_schedule(self.episode_id) and len(self.frames) > 1:
-                    frames = [np.repeat(frame[..., None], 3, axis=-1) for frame in self.frames]  # grayscale to RGB
-                    save_video(frames, self.video_folder, fps=15, episode_index=self.episode_id)
-                self.frames = []
-
-            def close(self, **kwargs):
-                self.save()
-                super().close(**kwargs)
-
         envs = RecordVideoEnv0(envs, f"videos/{run_name}")
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)
+
+
+class RecordVideoEnv0(gym.vector.VectorWrapper):
+    """Records env 0's games from its observations (the newest 84x84 frame) on gymnasium's capped cubic
+    schedule, and the game in progress at close: RecordVideo needs render(), which ale-py's vector env lacks."""
+
+    def __init__(self, env: gym.vector.VectorEnv, video_folder: str):
+        super().__init__(env)
+        self.video_folder, self.episode_id, self.frames = video_folder, 0, []
+
+    def step(self, actions):
+        obs, rewards, terminations, truncations, infos = self.env.step(actions)
+        ended = terminations[0] or truncations[0]
+        if capped_cubic_video_schedule(self.episode_id):
+            frame = (infos["final_obs"] if ended else obs)[0, -1]
+            self.frames.append(np.repeat(frame[..., None], 3, axis=-1))  # grayscale to RGB
+        if ended:
+            self.save()
+        return obs, rewards, terminations, truncations, infos
+
+    def save(self):
+        if len(self.frames) > 1:
+            save_video(self.frames, self.video_folder, fps=15, episode_index=self.episode_id)
+        self.episode_id, self.frames = self.episode_id + 1, []
+
+    def close(self, **kwargs):
+        self.save()
+        super().close(**kwargs)
 
 
 # ---- network ----
@@ -313,27 +155,22 @@ class Agent(nn.Module):
         self.to(memory_format=torch.channels_last)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (B, 4, 84, 84) uint8 pixels, scaled to [0, 1] in place (one float copy of a minibatch, not
-        # two). channels_last (NHWC) is the native layout of oneDNN's CPU convolutions: the update runs
-        # 1.3x faster here, in less memory (no reorders)
+        # x: (B, 4, 84, 84) uint8 pixels, scaled to [0, 1] in place (one float copy, not two). channels_last
+        # (NHWC) is the native layout of oneDNN's CPU convolutions: 1.3x faster updates, no reorders
         x = x.contiguous(memory_format=torch.channels_last).float().div_(255.0)
         return self.network(x)  # (B, hidden_dim)
 
     def get_value(self, x: torch.Tensor) -> torch.Tensor:
         return self.critic(self.features(x))
 
-    def get_action(self, x: torch.Tensor, action: torch.Tensor | None = None):
-        """a ~ π(·|x) unless given, log π(a|x) and the entropy of π(·|x). The rollout takes the value
-        too: it comes almost free with the features both heads share."""
-        return self.get_action_and_value(x, action)[:3]
-
-    def get_action_and_value(self, x: torch.Tensor, action: torch.Tensor | None = None):
+    def get_action_and_value(self, x: torch.Tensor, action: torch.Tensor | None = None, deterministic: bool = False):
+        """a ~ π(·|x) unless given (deterministic: the most likely a), log π(a|x), entropy of π(·|x), V(x)."""
         hidden = self.features(x)
-        # the categorical distribution written out, as in ppo_discrete.py (same math as
-        # torch.distributions.Categorical, which costs more than the MLP there)
+        # the distribution written out: torch.distributions costs more than the MLP here (README, "Speed")
         logp = self.actor(hidden).log_softmax(-1)  # (B, n_actions), normalized log-probabilities
-        if action is None:
-            # Gumbel-max: argmax(log p - log E), E ~ Exp(1), is an exact draw from p
+        if action is None and deterministic:
+            action = logp.argmax(-1)
+        elif action is None:  # Gumbel-max: argmax(log p - log E), E ~ Exp(1), is an exact draw from p
             action = (logp - torch.empty_like(logp).exponential_().log()).argmax(-1)
         logprob = logp.gather(-1, action.unsqueeze(-1)).squeeze(-1)
         entropy = -(logp.exp() * logp).sum(-1)
@@ -341,32 +178,17 @@ class Agent(nn.Module):
 
 
 # ---- algorithm ----
-def compute_gae(
-    rewards: torch.Tensor,
-    values: torch.Tensor,
-    dones: torch.Tensor,
-    next_value: torch.Tensor,
-    next_done: torch.Tensor,
-    gamma: float,
-    gae_lambda: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """GAE eq. 16 over a (T, N) rollout; returns (advantages, returns), both (T, N).
-
-    dones[t] = 1 means obs[t] is the first obs of a new episode (the step before it ended one),
-    so the value after step t is cut by dones[t + 1], and by next_done after the last step.
-    A truncated episode's bootstrap γ·V(final obs) is already folded into its last reward.
-    """
-    nextnonterminal = 1.0 - torch.cat((dones[1:], next_done.unsqueeze(0)))  # (T, N)
-    nextvalues = torch.cat((values[1:], next_value.reshape(1, -1)))  # (T, N)
-    # TD residuals δ_t = r_t + γ V(s_t+1) - V(s_t), then Â_t = δ_t + γλ Â_t+1 backwards in time;
-    # the recursion runs in numpy, whose per-call cost is a tenth of torch's on rows this small
-    deltas = (rewards + gamma * nextvalues * nextnonterminal - values).cpu().numpy()
-    discounts = (gamma * gae_lambda * nextnonterminal).cpu().numpy()
-    advantages = np.zeros_like(deltas)
+def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae_lambda: float):
+    """GAE eq. 16 over a (T, N) rollout of numpy arrays; returns (advantages, returns), both (T, N).
+    dones[t] = 1 means obs[t] is the first obs of a new episode (the step before it ended one), so the
+    value after step t is cut by dones[t + 1]. A truncation's γ·V(final obs) is already in its reward."""
+    advantages = np.zeros_like(rewards)
     lastgaelam = 0.0
-    for t in reversed(range(len(deltas))):
-        advantages[t] = lastgaelam = deltas[t] + discounts[t] * lastgaelam
-    advantages = torch.from_numpy(advantages).to(values.device)
+    for t in reversed(range(len(rewards))):
+        nextnonterminal = 1.0 - (next_done if t == len(rewards) - 1 else dones[t + 1])
+        nextvalues = next_value if t == len(rewards) - 1 else values[t + 1]
+        delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]  # TD residual δ_t
+        advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
     return advantages, advantages + values
 
 
@@ -377,9 +199,7 @@ def policy_loss(advantages: torch.Tensor, ratio: torch.Tensor, clip_coef: float)
     return torch.max(pg_loss1, pg_loss2).mean()
 
 
-def value_loss(
-    newvalue: torch.Tensor, oldvalue: torch.Tensor, returns: torch.Tensor, clip_coef: float, clip_vloss: bool
-) -> torch.Tensor:
+def value_loss(newvalue, oldvalue, returns, clip_coef: float, clip_vloss: bool) -> torch.Tensor:
     """0.5 * squared error; clipped as in the PPO baselines: max of unclipped and clipped error."""
     v_loss_unclipped = (newvalue - returns) ** 2
     if not clip_vloss:
@@ -389,125 +209,17 @@ def value_loss(
     return 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
 
 
-def approx_kl(logratio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Estimators of KL[π_old, π_θ] from log r_t(θ) at actions drawn from π_old:
-    the naive -log r, and the unbiased lower-variance (r - 1) - log r (http://joschu.net/blog/kl-approx.html)."""
-    ratio = logratio.exp()
-    return (-logratio).mean(), ((ratio - 1) - logratio).mean()
-
-
-def flatten_parameters(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """Copies the module's parameters into one flat vector and makes each parameter a view of it, and
-    each .grad a view of a second, zeroed vector: the optimizer then works on two tensors, not on a list
-    of weights and biases. backward() adds into the .grad views, so zero the flat gradient before it
-    (module.zero_grad() would set .grad to None and cut the views)."""
-    params = list(module.parameters())
-    flat_params = torch.empty(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
-    flat_grad = torch.zeros_like(flat_params)
-    offset = 0
-    for p in params:
-        # views with the parameter's own strides, so that a layout such as channels_last is kept
-        view = flat_params[offset : offset + p.numel()].as_strided(p.shape, p.stride())
-        view.copy_(p.detach())
-        p.data = view
-        p.grad = flat_grad[offset : offset + p.numel()].as_strided(p.shape, p.stride())
-        offset += p.numel()
-    return flat_params, flat_grad
-
-
-def clip_grad_norm(grad: torch.Tensor, max_norm: float) -> None:
-    """Scales the flat gradient of all parameters in place so that its L2 norm is at most max_norm:
-    torch.nn.utils.clip_grad_norm_, without its per-call bookkeeping."""
-    grad.mul_((max_norm / (torch.linalg.vector_norm(grad) + 1e-6)).clamp(max=1.0))
-
-
-@torch.no_grad()
-def adam_step(
-    param: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, eps: float, beta1=0.9, beta2=0.999
-) -> None:
-    """One Adam step in place on the flat parameter vector (Kingma & Ba 2015, https://arxiv.org/abs/1412.6980,
-    Algorithm 1), the same arithmetic as torch.optim.Adam. Written out because torch.optim imports
-    torch._dynamo, which costs 1.2 s and 70 MB at startup, and its per-step bookkeeping costs more than
-    the step here."""
-    state["step"] += 1
-    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-    exp_avg.lerp_(grad, 1 - beta1)  # m ← β1·m + (1 - β1)·g
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)  # v ← β2·v + (1 - β2)·g²
-    denom = (exp_avg_sq.sqrt() / (1 - beta2 ** state["step"]) ** 0.5).add_(eps)  # √v̂ + ε, v̂ = v / (1 - β2^t)
-    param.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1 ** state["step"]))  # θ ← θ - lr·m̂/(√v̂ + ε)
-
-
-def explained_variance(y_pred: np.ndarray, y_true: np.ndarray) -> float:
-    """1 - Var[y - ŷ] / Var[y]: 1 is a perfect value function, 0 no better than a constant."""
-    var_y = np.var(y_true)
-    return np.nan if var_y == 0 else float(1 - np.var(y_true - y_pred) / var_y)
-
-
 # ---- main ----
-def save_checkpoint(
-    path: str, agent: nn.Module, adam_state: dict, args: Args, iteration: int, global_step: int, **state
-) -> None:
-    """Writes what --resume needs; state holds what the variant adds to it (β, normalization)."""
-    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
-    rng = {
-        "python": list(random.getstate()[1]),
-        "numpy": [keys.tolist(), pos, has_gauss, cached_gaussian],  # the position too, not only the keys
-        "torch": torch.get_rng_state(),
-    }
-    checkpoint = {
-        "script": os.path.basename(__file__),
-        "model": agent.state_dict(),
-        "optimizer": adam_state,
-        "args": asdict(args),
-        "iteration": iteration,
-        "global_step": global_step,
-        "rng": rng,
-        **state,
-    }
-    torch.save(checkpoint, path + ".tmp")
-    os.replace(path + ".tmp", path)  # a kill mid-save never leaves a half-written checkpoint
-
-
-def restore_rng(rng: dict) -> None:
-    random.setstate((3, tuple(rng["python"]), None))
-    keys, pos, has_gauss, cached_gaussian = rng["numpy"]
-    np.random.set_state(("MT19937", np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached_gaussian))
-    torch.set_rng_state(rng["torch"])
-
-
-def evaluate(agent: Agent, env_id: str, eval_episodes: int, seed: int, deterministic: bool, device) -> list[float]:
-    """Plays eval_episodes whole games (all lives) in a fresh env with the training preprocessing and
-    returns their raw scores."""
-    envs = make_envs(env_id, 1, False, "")
-    obs, _ = envs.reset(seed=seed)
-    episodic_returns = []
-    while len(episodic_returns) < eval_episodes:
-        with torch.no_grad():
-            x = torch.as_tensor(obs, device=device)
-            action = agent.actor(agent.features(x)).argmax(-1) if deterministic else agent.get_action(x)[0]
-        obs, _, _, _, infos = envs.step(action.cpu().numpy())
-        if "episode" in infos:
-            episodic_returns.append(float(infos["episode"]["r"][0]))
-    envs.close()
-    return episodic_returns
-
-
-def format_progress(global_step: int, total: int, mean_return: float, sps: int, eta_s: float) -> str:
-    eta = time.strftime("%H:%M:%S", time.gmtime(eta_s))
-    return f"step {global_step:>9}/{total} | return {mean_return:8.2f} | SPS {sps:>6} | ETA {eta}"
-
-
 def main(args: Args) -> None:
-    problem = check_args(args)
-    if problem:
-        sys.exit(f"{os.path.basename(__file__)}: error: {problem}")
-    checkpoint = load_checkpoint(args.resume or args.eval_checkpoint) if args.resume or args.eval_checkpoint else None
+    try:
+        checkpoint = check_args(args)
+    except ValueError as e:
+        sys.exit(f"{os.path.basename(__file__)}: error: {e}")
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     writer = SummaryWriter(f"runs/{run_name}")
     hyperparameters = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{hyperparameters}")
 
-    # seeding
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -515,47 +227,248 @@ def main(args: Args) -> None:
     torch.set_num_threads(args.num_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    # env setup
     envs = make_envs(args.env_id, args.num_envs, args.capture_video, run_name)
     agent = Agent(envs.single_observation_space.shape[0], envs.single_action_space.n).to(device)
-    # Adam with eps 1e-5 as in the PPO baselines, on the flat vector of all parameters: its step count
-    # and first and second moment estimates
-    flat_params, flat_grad = flatten_parameters(agent)
-    adam_state = {"step": 0, "exp_avg": torch.zeros_like(flat_params), "exp_avg_sq": torch.zeros_like(flat_params)}
-    lr = args.learning_rate
+    # eps 1e-5 as in the PPO baselines; fused: one kernel for all parameters, the fastest on the CPU too
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
     start_iteration, global_step = 1, 0
     if checkpoint is not None:
         agent.load_state_dict(checkpoint["model"])
     if args.eval_checkpoint:
         envs.close()
-        returns = evaluate(agent, args.env_id, args.eval_episodes, args.seed, args.eval_deterministic, device)
-        for i, episodic_return in enumerate(returns):
-            writer.add_scalar("eval/episodic_return", episodic_return, i)
+        evaluate(agent, args, writer, device)
         writer.close()
-        print(
-            f"eval {args.eval_checkpoint}: return {np.mean(returns):.2f} ± {np.std(returns):.2f} over {len(returns)} episodes"
-        )
         return
     if args.resume:
-        adam_state["step"] = checkpoint["optimizer"]["step"]
-        for name in ("exp_avg", "exp_avg_sq"):
-            adam_state[name].copy_(checkpoint["optimizer"][name])
+        optimizer.load_state_dict(checkpoint["optimizer"])
         start_iteration, global_step = checkpoint["iteration"] + 1, checkpoint["global_step"]
-        restore_rng(checkpoint["rng"])
+        torch.set_rng_state(checkpoint["rng"])
 
-    # storage: obs[t] is seen, actions[t] taken, rewards[t] received (clipped); dones[t] marks obs[t]
-    # as the first obs of an episode, that is of a new life. The rollout is stored in numpy (writing a
-    # row costs a tenth of a torch write) and moved to torch once it ends. Pixels stay uint8: a quarter
-    # of float32's memory, and the network scales them
-    obs = np.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=np.uint8)
+    # storage, in numpy (a row costs a tenth of a torch write); dones[t]: obs[t] is an episode's first obs
+    obs = np.zeros(
+        (args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=np.uint8
+    )  # pixels: the network scales them
     actions = np.zeros((args.num_steps, args.num_envs), dtype=np.int64)
-    logprobs = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    dones = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    values = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    logprobs, rewards, dones, values = (np.zeros((args.num_steps, args.num_envs), dtype=np.float32) for _ in range(4))
 
-    # A SIGINT or SIGTERM ends training after the current iteration; the finally block then saves,
-    # flushes and closes. A second Ctrl-C aborts at once (still closing the log).
+    stop = handle_stop_signals()
+    start_time = last_print = time.time()
+    start_step, iteration = global_step, start_iteration - 1
+    next_obs, infos = envs.reset(seed=args.seed + global_step)
+    lives = infos["lives"]
+    next_done = np.zeros(args.num_envs, dtype=np.float32)
+    try:
+        for iteration in range(start_iteration, args.num_iterations + 1):
+            frac = 1.0 - (iteration - 1.0) / args.num_iterations if args.anneal_lr else 1.0
+            optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+
+            with torch.inference_mode():
+                for step in range(0, args.num_steps):
+                    global_step += args.num_envs
+                    obs[step] = next_obs
+                    dones[step] = next_done
+                    x = torch.as_tensor(next_obs, device=device)
+                    action, logprob, _, value = agent.get_action_and_value(x)
+                    actions[step], logprobs[step] = action.cpu().numpy(), logprob.cpu().numpy()
+                    values[step] = value.flatten().cpu().numpy()
+                    next_obs, reward, terminations, truncations, infos = envs.step(actions[step])
+                    truncated = truncations & ~terminations  # TimeLimit also flags a terminal last step
+                    # A life loss ends the training episode (DQN Nature, baselines' EpisodicLifeEnv): no value
+                    # is bootstrapped across it, while the game goes on; only a game over resets. At a game over
+                    # or a truncation infos["lives"] already counts the new game's lives (that loss goes unseen).
+                    life_lost = (infos["lives"] < lives) & ~terminations & ~truncations
+                    lives = infos["lives"]
+                    reward = np.sign(reward).astype(np.float32)  # train on the reward's sign: one scale for all games
+                    if args.bootstrap_truncated and truncated.any():
+                        # a time limit is not a terminal state: fold γ·V(final obs) into the last reward
+                        final_obs = torch.as_tensor(np.stack(infos["final_obs"][truncated]))
+                        final_values = agent.get_value(final_obs.to(device))
+                        reward[truncated] += args.gamma * final_values.flatten().cpu().numpy()
+                    rewards[step] = reward
+                    next_done = terminations | truncations | life_lost
+                    if "episode" in infos:  # the whole game's raw score and its length in agent steps (4 frames)
+                        for i in np.flatnonzero(infos["_episode"]):
+                            writer.add_scalar("charts/episodic_return", infos["episode"]["r"][i], global_step)
+                            writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)
+
+                x = torch.as_tensor(next_obs, device=device)
+                next_value = agent.get_value(x).flatten().cpu().numpy()
+            advantages, returns = compute_gae(
+                rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda
+            )
+
+            b_obs = torch.as_tensor(obs, device=device).reshape((-1,) + envs.single_observation_space.shape)
+            b_logprobs = torch.as_tensor(logprobs, device=device).reshape(-1)
+            b_actions = torch.as_tensor(actions, device=device).reshape(-1)
+            b_advantages = torch.as_tensor(advantages, device=device).reshape(-1)
+            b_returns = torch.as_tensor(returns, device=device).reshape(-1)
+            b_values = torch.as_tensor(values, device=device).reshape(-1)
+
+            update_stats = {}  # name -> its value in each minibatch, averaged when logged
+            for epoch in range(args.update_epochs):
+                b_inds = torch.randperm(args.batch_size, device=device)
+                for start in range(0, args.batch_size, args.minibatch_size):
+                    end = start + args.minibatch_size
+                    mb_inds = b_inds[start:end]
+                    _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
+                    logratio = newlogprob - b_logprobs[mb_inds]
+                    ratio = logratio.exp()
+                    with torch.no_grad():  # KL[π_old, π_θ] estimators, http://joschu.net/blog/kl-approx.html
+                        old_approx_kl = (-logratio).mean()
+                        approx_kl = ((ratio - 1) - logratio).mean()
+                        clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
+                    mb_advantages = b_advantages[mb_inds]
+                    if args.norm_adv:
+                        mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+
+                    pg_loss = policy_loss(mb_advantages, ratio, args.clip_coef)
+                    newvalue = newvalue.view(-1)
+                    v_loss = value_loss(
+                        newvalue, b_values[mb_inds], b_returns[mb_inds], args.clip_coef, args.clip_vloss
+                    )
+                    entropy_loss = entropy.mean()
+                    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef  # PPO eq. 9
+
+                    optimizer.zero_grad()
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
+                    optimizer.step()
+                    stats = dict(policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss, clipfrac=clipfrac)
+                    stats.update(old_approx_kl=old_approx_kl, approx_kl=approx_kl)
+                    for name, value in stats.items():
+                        update_stats.setdefault(name, []).append(value.item())
+
+                if args.target_kl is not None and approx_kl > args.target_kl:
+                    break
+
+            sps = int((global_step - start_step) / (time.time() - start_time))
+            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+            for name, per_minibatch in update_stats.items():
+                writer.add_scalar(f"losses/{name}", np.mean(per_minibatch), global_step)
+            var_y = np.var(returns)
+            explained_var = np.nan if var_y == 0 else 1 - np.var(returns - values) / var_y
+            writer.add_scalar("losses/explained_variance", explained_var, global_step)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            last_print = print_progress(args, envs, global_step, sps, last_print)
+            if stop["signal"] is not None:
+                break
+
+        if stop["signal"] is None and args.eval_episodes > 0:
+            evaluate(agent, args, writer, device)
+    except KeyboardInterrupt:  # a second Ctrl-C: the iteration is half done, so no checkpoint of it
+        stop["aborted"] = True
+    finally:
+        if args.save_model and not stop["aborted"]:
+            model_path = f"runs/{run_name}/{args.exp_name}.pt"
+            save_checkpoint(model_path, agent, optimizer, args, iteration, global_step)
+            print(f"\nmodel saved to {model_path}")
+        envs.close()
+        writer.close()
+    if stop["signal"] is not None:
+        sys.exit(128 + stop["signal"])
+
+
+# ---- plumbing ----
+def check_args(args: Args) -> dict | None:
+    """Raises ValueError naming the first bad argument and its fix; returns the checkpoint to load, if any."""
+    ranges = [  # (fields, test of each value, what the value must be)
+        ("total_timesteps num_envs num_steps num_minibatches update_epochs num_threads", lambda v: v > 0, "positive"),
+        ("learning_rate clip_coef max_grad_norm", lambda v: 0 < v < math.inf, "positive and finite"),
+        ("ent_coef vf_coef eval_episodes", lambda v: 0 <= v < math.inf, "0 or more and finite"),
+        ("gamma gae_lambda", lambda v: 0 <= v <= 1, "in [0, 1]"),
+        ("seed", lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
+        ("target_kl", lambda v: v is None or 0 < v < math.inf, "positive and finite, or omitted"),
+    ]
+    for names, ok, requirement in ranges:
+        for name in names.split():
+            if not ok(getattr(args, name)):
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)} must be {requirement}")
+    # what --eval-checkpoint reads; any other argument given with it would be silently ignored
+    evaluation = {"exp_name", "seed", "torch_deterministic", "cuda", "num_threads", "env_id"}
+    evaluation |= {"eval_checkpoint", "eval_episodes", "eval_deterministic"}
+    ignored = [f.name for f in fields(args) if f.name not in evaluation and getattr(args, f.name) != f.default]
+    ignored = " ".join("--" + name.replace("_", "-") for name in ignored)
+    b = args.batch_size
+    relations = [  # (holds, what is wrong and how to fix it)
+        (b % args.num_minibatches == 0, f"--num-minibatches must divide the batch size num_envs*num_steps = {b}"),
+        (args.minibatch_size > 1 or not args.norm_adv, "--norm-adv needs minibatches of 2 or more samples"),
+        (args.total_timesteps >= b or args.eval_checkpoint, f"--total-timesteps is smaller than one batch ({b} steps)"),
+        (not (args.resume and args.eval_checkpoint), "pass --resume or --eval-checkpoint, not both"),
+        (args.eval_episodes > 0 or not args.eval_checkpoint, "--eval-checkpoint needs --eval-episodes 1 or more"),
+        (not (args.eval_checkpoint and ignored), f"--eval-checkpoint does not use {ignored}; drop it"),
+        (args.eval_episodes > 0 or not args.eval_deterministic, "--eval-deterministic needs --eval-episodes 1 or more"),
+        (args.exp_name and os.sep not in args.exp_name, "--exp-name must be a non-empty name without '/'"),
+    ]
+    for holds, problem in relations:
+        if not holds:
+            raise ValueError(problem)
+    try:
+        entry_point = gym.spec(args.env_id).entry_point
+    except gym.error.Error as e:
+        raise ValueError(
+            f"unknown --env-id {args.env_id!r} ({e}); pass a gymnasium Atari id such as BreakoutNoFrameskip-v4"
+        ) from None
+    if entry_point != "ale_py.env:AtariEnv":
+        raise ValueError(
+            f"--env-id {args.env_id} is not an Atari game; use ppo_discrete.py (ppo_continuous.py for continuous actions)"
+        )
+    return load_checkpoint(args) if args.resume or args.eval_checkpoint else None
+
+
+def load_checkpoint(args: Args) -> dict:
+    """Loads --resume or --eval-checkpoint (weights_only: runs no code from the file) and checks it against args."""
+    path, script = args.resume or args.eval_checkpoint, os.path.basename(__file__)
+    fix = f"pass a .pt file written by {script} --save-model"
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"checkpoint {path!r} does not exist; {fix}") from None
+    except Exception:
+        raise ValueError(f"{path!r} is not a checkpoint file; {fix}") from None
+    owner = checkpoint.get("script") if isinstance(checkpoint, dict) else None
+    if owner != script:
+        raise ValueError(f"{path!r} is not a checkpoint of {script} (written by: {owner}); {fix}")
+    trained = checkpoint["args"]
+    if trained["env_id"] != args.env_id:
+        raise ValueError(f"{path!r} was trained on {trained['env_id']}; pass --env-id {trained['env_id']}")
+    sizes = f"--num-envs {trained['num_envs']} --num-steps {trained['num_steps']}"
+    if args.resume and (trained["num_envs"], trained["num_steps"]) != (args.num_envs, args.num_steps):
+        raise ValueError(f"{path!r} was trained with {sizes}; resume with the same sizes")
+    if args.resume and set(checkpoint["optimizer"]) != {"state", "param_groups"}:
+        raise ValueError(f"{path!r} is from an older version of this script; evaluate it, or train without --resume")
+    if args.resume and checkpoint["iteration"] >= args.num_iterations:
+        raise ValueError(f"{path!r} holds {checkpoint['global_step']} steps; raise --total-timesteps to continue")
+    return checkpoint
+
+
+def save_checkpoint(path, agent: nn.Module, optimizer, args: Args, iteration: int, global_step: int, **state) -> None:
+    """Writes what --resume needs, with torch's RNG, the one the script draws from; state: the variant's extras."""
+    checkpoint = dict(script=os.path.basename(__file__), model=agent.state_dict(), optimizer=optimizer.state_dict())
+    checkpoint.update(args=asdict(args), iteration=iteration, global_step=global_step, rng=torch.get_rng_state())
+    torch.save({**checkpoint, **state}, path + ".tmp")
+    os.replace(path + ".tmp", path)  # a kill mid-save never leaves a half-written checkpoint
+
+
+def evaluate(agent: Agent, args: Args, writer: SummaryWriter, device) -> list[float]:
+    """Plays --eval-episodes episodes in a fresh env, logs their undiscounted returns and returns them."""
+    envs = make_envs(args.env_id, 1, False, "")
+    obs, _ = envs.reset(seed=args.seed)
+    returns = []
+    while len(returns) < args.eval_episodes:
+        with torch.no_grad():
+            x = torch.as_tensor(obs, device=device)
+            action, _, _, _ = agent.get_action_and_value(x, deterministic=args.eval_deterministic)
+        obs, _, _, _, infos = envs.step(action.cpu().numpy())
+        if "episode" in infos:
+            writer.add_scalar("eval/episodic_return", infos["episode"]["r"][0], len(returns))
+            returns.append(float(infos["episode"]["r"][0]))
+    envs.close()
+    print(f"\neval: return {np.mean(returns):.2f} ± {np.std(returns):.2f} over {len(returns)} episodes")
+    return returns
+
+
+def handle_stop_signals() -> dict:
+    """SIGINT or SIGTERM: stop after this iteration (then save, flush, close); a second Ctrl-C: abort now."""
     stop = {"signal": None, "aborted": False}
 
     def request_stop(signum, frame):
@@ -566,172 +479,19 @@ def main(args: Args) -> None:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    return stop
 
-    start_time = last_print = time.time()
-    start_step = global_step
-    iteration = start_iteration - 1
-    next_obs, infos = envs.reset(seed=args.seed + global_step)
-    lives = infos["lives"]
-    next_done = np.zeros(args.num_envs, dtype=bool)
-    try:
-        for iteration in range(start_iteration, args.num_iterations + 1):
-            # Annealing the rate if instructed to do so.
-            if args.anneal_lr:
-                frac = 1.0 - (iteration - 1.0) / args.num_iterations
-                lr = frac * args.learning_rate
 
-            with torch.inference_mode():
-                for step in range(0, args.num_steps):
-                    global_step += args.num_envs
-                    obs[step] = next_obs
-                    dones[step] = next_done
-
-                    action, logprob, _, value = agent.get_action_and_value(torch.as_tensor(next_obs, device=device))
-                    action, logprob = action.cpu().numpy(), logprob.cpu().numpy()
-                    actions[step], logprobs[step], values[step] = action, logprob, value.flatten().cpu().numpy()
-
-                    next_obs, reward, terminations, truncations, infos = envs.step(action)
-                    # A life loss ends the training episode (DQN Nature, baselines' EpisodicLifeEnv): no
-                    # value is bootstrapped across it, while the game goes on; only a game over resets.
-                    # At a game over or a truncation infos["lives"] already counts the new game's lives,
-                    # so a life lost on that very step goes unseen (a truncation is then bootstrapped).
-                    life_lost = (infos["lives"] < lives) & ~terminations & ~truncations
-                    lives = infos["lives"]
-                    # train on the reward's sign (DQN Nature): one scale for every game
-                    reward = np.sign(reward).astype(np.float32)
-                    truncated = truncations & ~terminations  # TimeLimit also flags a terminal last step
-                    if args.bootstrap_truncated and truncated.any():
-                        # A time limit is not a terminal state: the return goes on past it, so fold
-                        # γ·V(final obs) into the last reward; the episode boundary still cuts the GAE sum.
-                        final_obs = np.stack(infos["final_obs"][truncated])
-                        final_values = agent.get_value(torch.as_tensor(final_obs, device=device))
-                        reward[truncated] += args.gamma * final_values.flatten().cpu().numpy()
-                    rewards[step] = reward
-                    next_done = terminations | truncations | life_lost
-
-                    # the whole game's raw score (all lives, unclipped), what Atari papers report, and
-                    # its length in agent steps (4 frames each)
-                    if "episode" in infos:
-                        for i in np.flatnonzero(infos["_episode"]):
-                            writer.add_scalar("charts/episodic_return", infos["episode"]["r"][i], global_step)
-                            writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)
-
-            # the rollout as torch tensors, and the bootstrap value V(s_T) after it
-            obs_t = torch.as_tensor(obs, device=device)  # (T, N, 4, 84, 84)
-            values_t = torch.as_tensor(values, device=device)  # (T, N)
-            with torch.no_grad():
-                next_value = agent.get_value(torch.as_tensor(next_obs, device=device)).flatten()
-            advantages, returns = compute_gae(
-                torch.as_tensor(rewards, device=device),
-                values_t,
-                torch.as_tensor(dones, device=device),
-                next_value,
-                torch.as_tensor(next_done, dtype=torch.float32, device=device),
-                args.gamma,
-                args.gae_lambda,
-            )
-
-            # flatten the batch
-            b_obs = obs_t.reshape((-1,) + envs.single_observation_space.shape)
-            b_logprobs = torch.as_tensor(logprobs, device=device).reshape(-1)
-            b_actions = torch.as_tensor(actions, device=device).reshape(-1)
-            b_advantages = advantages.reshape(-1)
-            b_returns = returns.reshape(-1)
-            b_values = values_t.reshape(-1)
-
-            # Optimizing the policy and value network
-            update_stats = torch.zeros(6, device=device)  # summed over minibatches, averaged when logged
-            num_updates = 0
-            for epoch in range(args.update_epochs):
-                b_inds = torch.randperm(args.batch_size, device=device)
-                for start in range(0, args.batch_size, args.minibatch_size):
-                    end = start + args.minibatch_size
-                    mb_inds = b_inds[start:end]
-                    mb_advantages = b_advantages[mb_inds]
-                    if args.norm_adv:
-                        mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-
-                    # The minibatch's gradient is the sum of its chunks' gradients, each chunk's loss weighted
-                    # by its share of the minibatch: the same update, with one chunk's activations alive at a time
-                    flat_grad.zero_()
-                    mb_stats = torch.zeros(6, device=device)
-                    for ch_inds, ch_advantages in zip(
-                        mb_inds.tensor_split(args.grad_chunks),
-                        mb_advantages.tensor_split(args.grad_chunks),
-                        strict=True,
-                    ):
-                        share = len(ch_inds) / args.minibatch_size
-                        _, newlogprob, entropy, newvalue = agent.get_action_and_value(
-                            b_obs[ch_inds], b_actions[ch_inds]
-                        )
-                        logratio = newlogprob - b_logprobs[ch_inds]
-                        ratio = logratio.exp()
-
-                        with torch.no_grad():
-                            old_approx_kl, approx_kl_value = approx_kl(logratio)
-                            clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
-
-                        pg_loss = policy_loss(ch_advantages, ratio, args.clip_coef)
-                        v_loss = value_loss(
-                            newvalue.view(-1), b_values[ch_inds], b_returns[ch_inds], args.clip_coef, args.clip_vloss
-                        )
-                        entropy_loss = entropy.mean()
-                        loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef  # PPO eq. 9
-
-                        (share * loss).backward()
-                        stats = torch.stack([pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl_value, clipfrac])
-                        mb_stats += share * stats.detach()
-                    clip_grad_norm(flat_grad, args.max_grad_norm)
-                    adam_step(flat_params, flat_grad, adam_state, lr, eps=1e-5)
-                    update_stats += mb_stats
-                    num_updates += 1
-
-                if args.target_kl is not None and mb_stats[4] > args.target_kl:  # the last minibatch's approx_kl
-                    break
-
-            pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl_value, clipfrac = (
-                update_stats / num_updates
-            ).tolist()
-            y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
-            explained_var = explained_variance(y_pred, y_true)
-
-            sps = int((global_step - start_step) / (time.time() - start_time))
-            writer.add_scalar("charts/learning_rate", lr, global_step)
-            writer.add_scalar("losses/value_loss", v_loss, global_step)
-            writer.add_scalar("losses/policy_loss", pg_loss, global_step)
-            writer.add_scalar("losses/entropy", entropy_loss, global_step)
-            writer.add_scalar("losses/old_approx_kl", old_approx_kl, global_step)
-            writer.add_scalar("losses/approx_kl", approx_kl_value, global_step)
-            writer.add_scalar("losses/clipfrac", clipfrac, global_step)
-            writer.add_scalar("losses/explained_variance", explained_var, global_step)
-            writer.add_scalar("charts/SPS", sps, global_step)
-
-            now = time.time()
-            if now - last_print > (0.25 if sys.stdout.isatty() else 10.0) or iteration == args.num_iterations:
-                last_print = now
-                mean_return = np.mean(envs.return_queue) if envs.return_queue else float("nan")
-                eta_s = (args.num_iterations * args.batch_size - global_step) / max(sps, 1)
-                line = format_progress(global_step, args.num_iterations * args.batch_size, mean_return, sps, eta_s)
-                print("\r" + line if sys.stdout.isatty() else line, end="" if sys.stdout.isatty() else "\n", flush=True)
-            if stop["signal"] is not None:
-                break
-
-        if stop["signal"] is None and args.eval_episodes > 0:
-            returns = evaluate(agent, args.env_id, args.eval_episodes, args.seed, args.eval_deterministic, device)
-            for i, episodic_return in enumerate(returns):
-                writer.add_scalar("eval/episodic_return", episodic_return, i)
-            print(f"\neval: return {np.mean(returns):.2f} ± {np.std(returns):.2f} over {len(returns)} episodes")
-    except KeyboardInterrupt:  # a second Ctrl-C: the iteration is half done, so no checkpoint of it
-        stop["aborted"] = True
-    finally:
-        if args.save_model and not stop["aborted"]:
-            model_path = f"runs/{run_name}/{args.exp_name}.pt"
-            save_checkpoint(model_path, agent, adam_state, args, iteration, global_step)
-            print(f"\nmodel saved to {model_path}")
-        envs.close()
-        writer.close()
-    if stop["signal"] is not None:
-        sys.exit(128 + stop["signal"])
+def print_progress(args: Args, envs, global_step: int, sps: int, last_print: float) -> float:
+    """One line, refreshed 4 times a second on a terminal and every 10 s into a log; returns when it printed."""
+    now, tty, total = time.time(), sys.stdout.isatty(), args.num_iterations * args.batch_size
+    if now - last_print < (0.25 if tty else 10.0) and global_step < total:
+        return last_print
+    mean_return = np.mean(envs.return_queue) if envs.return_queue else float("nan")
+    eta = time.strftime("%H:%M:%S", time.gmtime((total - global_step) / max(sps, 1)))
+    line = f"step {global_step:>9}/{total} | return {mean_return:8.2f} | SPS {sps:>6} | ETA {eta}"
+    print(line, end="\r" if tty else "\n", flush=True)
+    return now
 
 
 # ---- entry point ----

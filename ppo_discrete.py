@@ -340,8 +340,8 @@ def check_args(args: Args) -> dict | None:
         (args.minibatch_size > 1 or not args.norm_adv, "--norm-adv needs minibatches of 2 or more samples"),
         (args.total_timesteps >= b or args.eval_checkpoint, f"--total-timesteps is smaller than one batch ({b} steps)"),
         (not (args.resume and args.eval_checkpoint), "pass --resume or --eval-checkpoint, not both"),
-        (not (args.eval_checkpoint and ignored), f"--eval-checkpoint does not use {ignored}; drop it"),
         (args.eval_episodes > 0 or not args.eval_checkpoint, "--eval-checkpoint needs --eval-episodes 1 or more"),
+        (not (args.eval_checkpoint and ignored), f"--eval-checkpoint does not use {ignored}; drop it"),
         (args.eval_episodes > 0 or not args.eval_deterministic, "--eval-deterministic needs --eval-episodes 1 or more"),
         (args.exp_name and os.sep not in args.exp_name, "--exp-name must be a non-empty name without '/'"),
     ]
@@ -352,8 +352,8 @@ def check_args(args: Args) -> dict | None:
         env = gym.make(args.env_id)
     except gym.error.DependencyNotInstalled as e:
         raise ValueError(f"--env-id {args.env_id} needs a package that is not installed: {e}") from None
-    except gym.error.Error:
-        raise ValueError(f"unknown --env-id {args.env_id!r}; pass a gymnasium id such as CartPole-v1") from None
+    except gym.error.Error as e:
+        raise ValueError(f"unknown --env-id {args.env_id!r} ({e}); pass a gymnasium id such as CartPole-v1") from None
     env.close()
     obs_shape, action_space = getattr(env.observation_space, "shape", None) or (), env.action_space
     if isinstance(action_space, gym.spaces.Box):

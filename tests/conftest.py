@@ -58,6 +58,17 @@ def load_script(name: str):
     return module
 
 
+def problem(ppo, args: list[str]) -> str | None:
+    """What the script's check_args says of these command-line arguments (None: nothing wrong)."""
+    import tyro
+
+    try:
+        ppo.check_args(tyro.cli(ppo.Args, args=args))
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def run_script(script, args, cwd, timeout=300, check=True) -> subprocess.CompletedProcess:
     """Runs a script (a name under ROOT or a path) with args in cwd; returns the finished process."""
     path = script if os.path.isabs(str(script)) else ROOT / script

@@ -114,8 +114,8 @@ def test_env_gets_the_clipped_action_and_training_stores_and_scores_the_unclippe
             with torch.no_grad():
                 self.actor_logstd.fill_(1.5)  # σ ≈ 4.5: about half the draws fall outside [-3, 3]
 
-        def get_action(self, x, action=None):  # the rollout's call, and inside the update's
-            result = super().get_action(x, action)
+        def get_action_and_value(self, x, action=None, deterministic=False):  # the rollout's call and the update's
+            result = super().get_action_and_value(x, action, deterministic)
             (sampled if action is None else scored).append(result[0].detach().clone())
             return result
 
@@ -210,12 +210,18 @@ def test_checkpoint_holds_the_statistics_and_resume_continues_them(ppo, trained)
     assert resumed["normalization"]["obs_rms"]["count"] > obs_state["count"] + 128
 
 
+class NoWriter:
+    def add_scalar(self, *args):
+        pass
+
+
 def test_evaluation_leaves_the_statistics_frozen(ppo, trained, raw_steps):
     _, path = trained
     agent, obs_rms = load_trained(ppo, path)
     before = obs_rms.mean.copy(), obs_rms.var.copy(), obs_rms.count
-    first = ppo.evaluate(agent, ENV_ID, 3, 1, True, "cpu", obs_rms)
-    second = ppo.evaluate(agent, ENV_ID, 3, 1, True, "cpu", obs_rms)
+    args = ppo.Args(env_id=ENV_ID, eval_episodes=3, seed=1, eval_deterministic=True)
+    first = ppo.evaluate(agent, args, NoWriter(), "cpu", obs_rms)
+    second = ppo.evaluate(agent, args, NoWriter(), "cpu", obs_rms)
     assert len(raw_steps) > 6  # it did play
     np.testing.assert_array_equal(obs_rms.mean, before[0])
     np.testing.assert_array_equal(obs_rms.var, before[1])
@@ -232,7 +238,16 @@ def test_checkpoint_evaluated_in_a_fresh_process_scores_as_at_the_end_of_trainin
     run_script(SCRIPT, [*args, "--save-model"], tmp_path / "train")
     (train_dir,) = run_dirs(tmp_path / "train")
     path = os.path.join(train_dir, "ppo_continuous.pt")
-    run_script(SCRIPT, [*args, "--eval-checkpoint", path], tmp_path / "eval")
+    eval_args = [
+        "--env-id",
+        "HalfCheetah-v5",
+        "--eval-episodes",
+        "1",
+        "--eval-deterministic",
+        "--eval-checkpoint",
+        path,
+    ]
+    run_script(SCRIPT, eval_args, tmp_path / "eval")
     (eval_dir,) = run_dirs(tmp_path / "eval")
     at_training_end = scalars(train_dir)["eval/episodic_return"]
     assert scalars(eval_dir)["eval/episodic_return"] == at_training_end
@@ -241,7 +256,8 @@ def test_checkpoint_evaluated_in_a_fresh_process_scores_as_at_the_end_of_trainin
     checkpoint = torch.load(path, weights_only=True)
     agent = ppo.Agent(17, 6)
     agent.load_state_dict(checkpoint["model"])
-    (unnormalized,) = ppo.evaluate(agent, "HalfCheetah-v5", 1, 1, True, "cpu", RunningMeanStd(shape=(17,)))
+    args = ppo.Args(env_id="HalfCheetah-v5", eval_episodes=1, seed=1, eval_deterministic=True)
+    (unnormalized,) = ppo.evaluate(agent, args, NoWriter(), "cpu", RunningMeanStd(shape=(17,)))
     assert unnormalized != pytest.approx(at_training_end[0][1], abs=1e-3)
 
 
@@ -287,6 +303,6 @@ def test_bad_input_on_the_default_mujoco_env_is_one_line_and_writes_no_mujoco_lo
     proc = run_script(SCRIPT, ["--env-id", "HalfCheetah-v5", "--resume", "missing.pt"], tmp_path, check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        f"{SCRIPT}: error: checkpoint 'missing.pt' does not exist; pass the path of a .pt file written by --save-model"
+        f"{SCRIPT}: error: checkpoint 'missing.pt' does not exist; pass a .pt file written by {SCRIPT} --save-model"
     ]
     assert os.listdir(tmp_path) == []  # no runs/, no MUJOCO_LOG.TXT

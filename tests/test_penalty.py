@@ -49,6 +49,14 @@ def test_penalty_loss_is_surrogate_minus_beta_kl():
     assert far.grad.item() == -1.0
 
 
+def test_penalty_arguments_that_would_do_nothing_are_refused():
+    from conftest import problem
+
+    assert "start it above 0" in problem(ppo, ["--kl-coef", "0"])
+    assert problem(ppo, ["--kl-coef", "0", "--no-adaptive-kl"]) is None  # a fixed β of 0 is plain PG
+    assert "--kl-target does nothing" in problem(ppo, ["--no-adaptive-kl", "--kl-target", "0.02"])
+
+
 def test_kl_term_pulls_the_policy_back_to_the_old_one():
     old_logp = torch.tensor([[0.2, 0.8]]).log()
     logits = torch.tensor([[0.0, 0.0]], requires_grad=True)
@@ -76,8 +84,6 @@ def test_logs_kl_and_beta_and_checkpoints_beta(tmp_path):
     assert scalars(resumed_dir)["losses/kl_coef"][0][1] == 2.0**8  # β continues, not reset to β₀
 
     (tmp_path / "fixed").mkdir()
-    run_script(
-        "ppo_penalty.py", [*tiny, "--kl-target", "1e-9", "--no-adaptive-kl", "--kl-coef", "3"], tmp_path / "fixed"
-    )
+    run_script("ppo_penalty.py", [*tiny, "--no-adaptive-kl", "--kl-coef", "3"], tmp_path / "fixed")
     (run_dir,) = run_dirs(tmp_path / "fixed")
     assert {value for _, value in scalars(run_dir)["losses/kl_coef"]} == {3.0}

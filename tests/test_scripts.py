@@ -10,11 +10,16 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, SCRIPTS, TRAIN_TAGS, load_script, run_dirs, run_script, scalars
+from conftest import ROOT, SCRIPTS, TRAIN_TAGS, load_script, problem, run_dirs, run_script, scalars
 
 
 def tiny(script: str) -> list[str]:
     return ["--env-id", SCRIPTS[script]["env_id"], *SCRIPTS[script]["tiny"]]
+
+
+def with_tiny(script: str, args: list[str]) -> list[str]:
+    """args after the tiny run's arguments; --eval-checkpoint reads only the env id (it refuses the rest)."""
+    return ["--env-id", SCRIPTS[script]["env_id"], *args] if "--eval-checkpoint" in args else [*tiny(script), *args]
 
 
 def expected_tags(script: str) -> set[str]:
@@ -56,9 +61,11 @@ def test_checkpoint_holds_weights_optimizer_args_step_and_rng(script, trained):
     assert {"model", "optimizer", "args", "iteration", "global_step", "rng"} <= set(checkpoint)
     assert checkpoint["args"]["env_id"] == SCRIPTS[script]["env_id"]
     assert checkpoint["global_step"] > 0 and checkpoint["iteration"] > 0
-    num_params = sum(weight.numel() for weight in checkpoint["model"].values())
-    assert checkpoint["optimizer"]["step"] > 0
-    assert checkpoint["optimizer"]["exp_avg"].shape == checkpoint["optimizer"]["exp_avg_sq"].shape == (num_params,)
+    # torch.optim.Adam's own state_dict: a step count and both moment estimates for every parameter
+    states = checkpoint["optimizer"]["state"]
+    assert len(states) == len(checkpoint["model"]) and all(state["step"] > 0 for state in states.values())
+    shapes = sorted(tuple(weight.shape) for weight in checkpoint["model"].values())
+    assert sorted(tuple(state["exp_avg_sq"].shape) for state in states.values()) == shapes
 
 
 def test_resume_continues_step_count_and_learning_rate_schedule(script, trained):
@@ -77,14 +84,12 @@ def test_resume_continues_step_count_and_learning_rate_schedule(script, trained)
 
 
 def test_checkpoint_that_does_not_fit_the_arguments_is_named(script, trained, monkeypatch, tmp_path_factory, tmp_path):
-    import tyro
-
     _, _, path, _ = trained
     ppo = load_script(script)
     checkpoint = torch.load(path, weights_only=True)
     steps = str(checkpoint["global_step"])
-    # the optimizer layout of earlier versions: one moment estimate per weight tensor
-    checkpoint["optimizer"] = {"step": 1, "exp_avgs": [], "exp_avg_sqs": []}
+    # the optimizer layout of the previous version: Adam's moments as two flat vectors
+    checkpoint["optimizer"] = {"step": 1, "exp_avg": torch.zeros(3), "exp_avg_sq": torch.zeros(3)}
     old_layout = str(tmp_path_factory.mktemp("old") / "old.pt")
     torch.save(checkpoint, old_layout)
     monkeypatch.chdir(tmp_path)
@@ -93,15 +98,19 @@ def test_checkpoint_that_does_not_fit_the_arguments_is_named(script, trained, mo
         (["--resume", path, "--num-steps", "16"], "resume with the same sizes"),
         (["--resume", path, "--total-timesteps", steps], "raise --total-timesteps"),
         (["--eval-checkpoint", path, "--eval-episodes", "0"], "--eval-episodes 1 or more"),
+        (["--eval-checkpoint", path, "--gamma", "0.9"], "--eval-checkpoint does not use --gamma"),
     ]:
-        message = ppo.check_args(tyro.cli(ppo.Args, args=[*tiny(script), *args]))
+        message = problem(ppo, with_tiny(script, args))
         assert message is not None and fragment in message, (args, message)
+    env_id = SCRIPTS[script]["env_id"]
+    assert problem(ppo, ["--env-id", env_id, "--eval-checkpoint", path, "--eval-deterministic"]) is None
     assert os.listdir(tmp_path) == []
 
 
 def test_eval_checkpoint_evaluates_without_training(script, trained, tmp_path):
     _, _, path, _ = trained
-    proc = run_script(script, [*tiny(script), "--eval-checkpoint", path, "--eval-episodes", "2"], tmp_path)
+    args = ["--env-id", SCRIPTS[script]["env_id"], "--eval-checkpoint", path, "--eval-episodes", "2"]
+    proc = run_script(script, args, tmp_path)
     assert "eval" in proc.stdout
     (eval_dir,) = run_dirs(tmp_path)
     logged = scalars(eval_dir)
@@ -154,6 +163,14 @@ def bad_inputs(script: str) -> list[tuple[list[str], str]]:
         (["--eval-checkpoint", "not_a_checkpoint.pt"], "not a checkpoint"),
         (["--eval-checkpoint", "pickle_with_code.pt"], "not a checkpoint"),
         (["--eval-checkpoint", "other_script.pt"], "other.py"),
+        (["--gamma", "nan"], "--gamma"),
+        (["--learning-rate", "inf"], "--learning-rate"),
+        (["--seed", "-1"], "--seed"),
+        (["--num-threads", "0"], "--num-threads"),
+        (["--exp-name", "a/b"], "--exp-name"),
+        (["--eval-episodes", "0", "--eval-deterministic"], "--eval-deterministic needs"),
+        (["--num-envs", "1", "--num-steps", "4", "--num-minibatches", "4"], "--norm-adv needs minibatches of 2"),
+        (["--resume", "x.pt", "--eval-checkpoint", "x.pt"], "not both"),
     ]
 
 
@@ -168,12 +185,10 @@ def bad_files(script, tmp_path, monkeypatch):
 
 
 def test_every_bad_argument_is_named_in_one_line(script, bad_files):
-    import tyro
-
     ppo = load_script(script)
-    assert ppo.check_args(tyro.cli(ppo.Args, args=tiny(script))) is None
+    assert problem(ppo, tiny(script)) is None
     for args, fragment in bad_inputs(script):
-        message = ppo.check_args(tyro.cli(ppo.Args, args=[*tiny(script), *args]))
+        message = problem(ppo, with_tiny(script, args))
         assert message is not None and fragment in message, (args, message)
         assert "\n" not in message, (args, message)
     assert sorted(os.listdir(bad_files)) == ["not_a_checkpoint.pt", "other_script.pt", "pickle_with_code.pt"]
@@ -182,7 +197,7 @@ def test_every_bad_argument_is_named_in_one_line(script, bad_files):
 @pytest.mark.parametrize("case", [0, 1, 17])  # unknown env, wrong action space, a file that is not a checkpoint
 def test_bad_input_exits_non_zero_with_one_line_and_writes_nothing(script, bad_files, case):
     args, fragment = bad_inputs(script)[case]
-    proc = run_script(script, [*tiny(script), *args], bad_files, check=False)
+    proc = run_script(script, with_tiny(script, args), bad_files, check=False)
     assert proc.returncode != 0
     message = proc.stderr.strip()
     assert "Traceback" not in message and len(message.splitlines()) == 1 and fragment in message, message
