@@ -46,7 +46,6 @@ class Args:
     eval_checkpoint: str | None = None  # path of a checkpoint of this script to evaluate, without training
     eval_episodes: int = 10  # evaluation episodes after training, logged as eval/episodic_return (0: none)
     eval_deterministic: bool = False  # if toggled, evaluation takes the most likely action instead of sampling
-
     # Algorithm specific arguments
     env_id: str = "BreakoutNoFrameskip-v4"  # the gymnasium id of the Atari game (ALE/Breakout-v5: the same game)
     total_timesteps: int = 10000000  # total environment steps over all envs (rounded down to whole iterations)
@@ -82,11 +81,9 @@ class Args:
 
 # ---- environment ----
 def make_envs(env_id: str, num_envs: int, capture_video: bool, run_name: str) -> gym.vector.VectorEnv:
-    # The standard preprocessing (DQN Nature; Machado et al. 2018, https://arxiv.org/abs/1709.06009) in
-    # ale-py's C++ threads: up to 30 no-op starts, frame skip 4 with the max of the last two frames, FIRE at
-    # reset, 84x84 grayscale, 4 stacked frames, no sticky actions, minimal actions, games cut at 30 minutes.
-    # Rewards stay raw (the logged return is the score). episodic_life stays off: ale-py's restarts the game
-    # at every life loss; main() ends the training episode there instead and the game goes on.
+    # The standard preprocessing (DQN Nature; Machado et al. 2018, https://arxiv.org/abs/1709.06009), in C++
+    # threads. Rewards stay raw: the logged return is the score. episodic_life stays off: ale-py's restarts
+    # the game at every life loss; main() ends the training episode there instead and the game goes on.
     # SAME_STEP autoreset: the step that ends an episode returns the next episode's first obs, and the
     # ended one's last obs in info["final_obs"] (https://farama.org/Vector-Autoreset-Mode)
     envs = AtariVectorEnv(
@@ -163,9 +160,12 @@ class Agent(nn.Module):
     def get_value(self, x: torch.Tensor) -> torch.Tensor:
         return self.critic(self.features(x))
 
+    def get_action(self, x: torch.Tensor, action: torch.Tensor | None = None, deterministic: bool = False):
+        """a ~ π(·|x) unless given (deterministic: the most likely a), log π(a|x) and the entropy of π(·|x)."""
+        return self.get_action_and_value(x, action, deterministic)[:3]
+
     def get_action_and_value(self, x: torch.Tensor, action: torch.Tensor | None = None, deterministic: bool = False):
-        """a ~ π(·|x) unless given (deterministic: the most likely a), log π(a|x), entropy of π(·|x), V(x)."""
-        hidden = self.features(x)
+        hidden = self.features(x)  # the trunk both heads share: V(x) comes almost free with the action
         # the distribution written out: torch.distributions costs more than the MLP here (README, "Speed")
         logp = self.actor(hidden).log_softmax(-1)  # (B, n_actions), normalized log-probabilities
         if action is None and deterministic:
@@ -182,13 +182,13 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae
     """GAE eq. 16 over a (T, N) rollout of numpy arrays; returns (advantages, returns), both (T, N).
     dones[t] = 1 means obs[t] is the first obs of a new episode (the step before it ended one), so the
     value after step t is cut by dones[t + 1]. A truncation's γ·V(final obs) is already in its reward."""
-    advantages = np.zeros_like(rewards)
+    nextnonterminal = 1.0 - np.concatenate((dones[1:], next_done[None]))  # (T, N)
+    nextvalues = np.concatenate((values[1:], next_value[None]))  # (T, N)
+    deltas = rewards + gamma * nextvalues * nextnonterminal - values  # TD residuals δ_t
+    advantages = np.zeros_like(deltas)
     lastgaelam = 0.0
-    for t in reversed(range(len(rewards))):
-        nextnonterminal = 1.0 - (next_done if t == len(rewards) - 1 else dones[t + 1])
-        nextvalues = next_value if t == len(rewards) - 1 else values[t + 1]
-        delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]  # TD residual δ_t
-        advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
+    for t in reversed(range(len(deltas))):
+        advantages[t] = lastgaelam = deltas[t] + gamma * gae_lambda * nextnonterminal[t] * lastgaelam
     return advantages, advantages + values
 
 
@@ -245,9 +245,7 @@ def main(args: Args) -> None:
         torch.set_rng_state(checkpoint["rng"])
 
     # storage, in numpy (a row costs a tenth of a torch write); dones[t]: obs[t] is an episode's first obs
-    obs = np.zeros(
-        (args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=np.uint8
-    )  # pixels: the network scales them
+    obs = np.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=np.uint8)
     actions = np.zeros((args.num_steps, args.num_envs), dtype=np.int64)
     logprobs, rewards, dones, values = (np.zeros((args.num_steps, args.num_envs), dtype=np.float32) for _ in range(4))
 
@@ -273,9 +271,8 @@ def main(args: Args) -> None:
                     values[step] = value.flatten().cpu().numpy()
                     next_obs, reward, terminations, truncations, infos = envs.step(actions[step])
                     truncated = truncations & ~terminations  # TimeLimit also flags a terminal last step
-                    # A life loss ends the training episode (DQN Nature, baselines' EpisodicLifeEnv): no value
-                    # is bootstrapped across it, while the game goes on; only a game over resets. At a game over
-                    # or a truncation infos["lives"] already counts the new game's lives (that loss goes unseen).
+                    # a life loss ends the training episode (DQN Nature) but not the game; at a game over or a
+                    # truncation infos["lives"] already counts the new game's lives (that loss goes unseen)
                     life_lost = (infos["lives"] < lives) & ~terminations & ~truncations
                     lives = infos["lives"]
                     reward = np.sign(reward).astype(np.float32)  # train on the reward's sign: one scale for all games
@@ -291,8 +288,8 @@ def main(args: Args) -> None:
                             writer.add_scalar("charts/episodic_return", infos["episode"]["r"][i], global_step)
                             writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)
 
-                x = torch.as_tensor(next_obs, device=device)
-                next_value = agent.get_value(x).flatten().cpu().numpy()
+                next_value = agent.get_value(torch.as_tensor(next_obs, device=device))
+                next_value = next_value.flatten().cpu().numpy()
             advantages, returns = compute_gae(
                 rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda
             )
@@ -406,12 +403,10 @@ def check_args(args: Args) -> dict | None:
         entry_point = gym.spec(args.env_id).entry_point
     except gym.error.Error as e:
         raise ValueError(
-            f"unknown --env-id {args.env_id!r} ({e}); pass a gymnasium Atari id such as BreakoutNoFrameskip-v4"
+            f"unknown --env-id {args.env_id!r} ({e}); pass an Atari id such as PongNoFrameskip-v4"
         ) from None
     if entry_point != "ale_py.env:AtariEnv":
-        raise ValueError(
-            f"--env-id {args.env_id} is not an Atari game; use ppo_discrete.py (ppo_continuous.py for continuous actions)"
-        )
+        raise ValueError(f"--env-id {args.env_id} is not an Atari game; use ppo_discrete.py or ppo_continuous.py")
     return load_checkpoint(args) if args.resume or args.eval_checkpoint else None
 
 
@@ -457,7 +452,7 @@ def evaluate(agent: Agent, args: Args, writer: SummaryWriter, device) -> list[fl
     while len(returns) < args.eval_episodes:
         with torch.no_grad():
             x = torch.as_tensor(obs, device=device)
-            action, _, _, _ = agent.get_action_and_value(x, deterministic=args.eval_deterministic)
+            action, _, _ = agent.get_action(x, deterministic=args.eval_deterministic)
         obs, _, _, _, infos = envs.step(action.cpu().numpy())
         if "episode" in infos:
             writer.add_scalar("eval/episodic_return", infos["episode"]["r"][0], len(returns))

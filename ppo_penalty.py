@@ -45,7 +45,6 @@ class Args:
     eval_checkpoint: str | None = None  # path of a checkpoint of this script to evaluate, without training
     eval_episodes: int = 10  # evaluation episodes after training, logged as eval/episodic_return (0: none)
     eval_deterministic: bool = False  # if toggled, evaluation takes the most likely action instead of sampling
-
     # Algorithm specific arguments
     env_id: str = "CartPole-v1"  # the id of the environment
     total_timesteps: int = 500000  # total environment steps over all envs (rounded down to whole iterations)
@@ -127,8 +126,8 @@ class Agent(nn.Module):
     def get_value(self, x: torch.Tensor) -> torch.Tensor:
         return self.critic(x)
 
-    def get_action_and_value(self, x: torch.Tensor, action: torch.Tensor | None = None, deterministic: bool = False):
-        """a ~ π(·|x) unless given (deterministic: the most likely a), log π(a|x), entropy of π(·|x), V(x)."""
+    def get_action(self, x: torch.Tensor, action: torch.Tensor | None = None, deterministic: bool = False):
+        """a ~ π(·|x) unless given (deterministic: the most likely a), log π(a|x) and the entropy of π(·|x)."""
         # the distribution written out: torch.distributions costs more than the MLP here (README, "Speed")
         logp = self.get_log_policy(x)
         if action is None and deterministic:
@@ -137,7 +136,10 @@ class Agent(nn.Module):
             action = (logp - torch.empty_like(logp).exponential_().log()).argmax(-1)
         logprob = logp.gather(-1, action.unsqueeze(-1)).squeeze(-1)
         entropy = -(logp.exp() * logp).sum(-1)
-        return action, logprob, entropy, self.critic(x)
+        return action, logprob, entropy
+
+    def get_action_and_value(self, x: torch.Tensor, action: torch.Tensor | None = None, deterministic: bool = False):
+        return *self.get_action(x, action, deterministic), self.critic(x)
 
     def get_log_policy(self, x: torch.Tensor) -> torch.Tensor:
         """log π(·|x) of every action, (B, n_actions): what the exact KL needs."""
@@ -149,13 +151,13 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae
     """GAE eq. 16 over a (T, N) rollout of numpy arrays; returns (advantages, returns), both (T, N).
     dones[t] = 1 means obs[t] is the first obs of a new episode (the step before it ended one), so the
     value after step t is cut by dones[t + 1]. A truncation's γ·V(final obs) is already in its reward."""
-    advantages = np.zeros_like(rewards)
+    nextnonterminal = 1.0 - np.concatenate((dones[1:], next_done[None]))  # (T, N)
+    nextvalues = np.concatenate((values[1:], next_value[None]))  # (T, N)
+    deltas = rewards + gamma * nextvalues * nextnonterminal - values  # TD residuals δ_t
+    advantages = np.zeros_like(deltas)
     lastgaelam = 0.0
-    for t in reversed(range(len(rewards))):
-        nextnonterminal = 1.0 - (next_done if t == len(rewards) - 1 else dones[t + 1])
-        nextvalues = next_value if t == len(rewards) - 1 else values[t + 1]
-        delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]  # TD residual δ_t
-        advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
+    for t in reversed(range(len(deltas))):
+        advantages[t] = lastgaelam = deltas[t] + gamma * gae_lambda * nextnonterminal[t] * lastgaelam
     return advantages, advantages + values
 
 
@@ -227,7 +229,7 @@ def main(args: Args) -> None:
     # storage, in numpy (a row costs a tenth of a torch write); dones[t]: obs[t] is an episode's first obs
     obs = np.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=np.float32)
     actions = np.zeros((args.num_steps, args.num_envs), dtype=np.int64)
-    logprobs, rewards, dones, values = (np.zeros((args.num_steps, args.num_envs), dtype=np.float32) for _ in range(4))
+    logprobs, rewards, dones = (np.zeros((args.num_steps, args.num_envs), dtype=np.float32) for _ in range(3))
 
     stop = handle_stop_signals()
     start_time = last_print = time.time()
@@ -245,9 +247,8 @@ def main(args: Args) -> None:
                     obs[step] = next_obs
                     dones[step] = next_done
                     x = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
-                    action, logprob, _, value = agent.get_action_and_value(x)
+                    action, logprob, _ = agent.get_action(x)  # V(s_t) comes after the rollout, in one batch
                     actions[step], logprobs[step] = action.cpu().numpy(), logprob.cpu().numpy()
-                    values[step] = value.flatten().cpu().numpy()
                     next_obs, reward, terminations, truncations, infos = envs.step(actions[step])
                     truncated = truncations & ~terminations  # TimeLimit also flags a terminal last step
                     if args.bootstrap_truncated and truncated.any():
@@ -262,8 +263,9 @@ def main(args: Args) -> None:
                             writer.add_scalar("charts/episodic_return", infos["episode"]["r"][i], global_step)
                             writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)
 
-                x = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
-                next_value = agent.get_value(x).flatten().cpu().numpy()
+                values = agent.get_value(torch.as_tensor(obs, device=device)).cpu().numpy().reshape(dones.shape)
+                next_value = agent.get_value(torch.as_tensor(next_obs, dtype=torch.float32, device=device))
+                next_value = next_value.flatten().cpu().numpy()
             advantages, returns = compute_gae(
                 rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda
             )
@@ -444,7 +446,7 @@ def evaluate(agent: Agent, args: Args, writer: SummaryWriter, device) -> list[fl
     while len(returns) < args.eval_episodes:
         with torch.no_grad():
             x = torch.as_tensor(obs, dtype=torch.float32, device=device)
-            action, _, _, _ = agent.get_action_and_value(x, deterministic=args.eval_deterministic)
+            action, _, _ = agent.get_action(x, deterministic=args.eval_deterministic)
         obs, _, _, _, infos = envs.step(action.cpu().numpy())
         if "episode" in infos:
             writer.add_scalar("eval/episodic_return", infos["episode"]["r"][0], len(returns))

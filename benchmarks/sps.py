@@ -74,8 +74,8 @@ def ppo_sps(script: str, env_id: str, total_timesteps: int, extra_args: list[str
 def time_split(module, env_id: str, total_timesteps: int, extra_args: list[str]) -> dict[str, float]:
     """Where one training run's time goes, as fractions of the wall time from its first env step to its
     end: stepping the vector env, the policy's forward passes in the rollout (the agent's methods called
-    under torch.inference_mode: the action and the value), and the rest (the update, GAE, storage and
-    logging). The script runs in this process, with its make_envs and Agent wrapped by timers."""
+    under torch.inference_mode), and the rest (the update, GAE, storage and logging). The MLP scripts
+    compute the rollout's V(s_t) in one batch after it, which counts as inference too. The script runs in this process, with its make_envs and Agent wrapped by timers."""
     import signal
 
     import torch
@@ -114,7 +114,7 @@ def time_split(module, env_id: str, total_timesteps: int, extra_args: list[str])
 
         return wrapper
 
-    methods = {name: timed(getattr(agent_class, name)) for name in ("get_action_and_value", "get_value")}
+    methods = {name: timed(getattr(agent_class, name)) for name in ("get_action", "get_action_and_value", "get_value")}
     timed_agent_class = type(agent_class.__name__, (agent_class,), methods)
     args = tyro.cli(module.Args, args=["--env-id", env_id, "--total-timesteps", str(total_timesteps), *extra_args])
     args.eval_episodes = 0

@@ -114,8 +114,8 @@ def test_env_gets_the_clipped_action_and_training_stores_and_scores_the_unclippe
             with torch.no_grad():
                 self.actor_logstd.fill_(1.5)  # σ ≈ 4.5: about half the draws fall outside [-3, 3]
 
-        def get_action_and_value(self, x, action=None, deterministic=False):  # the rollout's call and the update's
-            result = super().get_action_and_value(x, action, deterministic)
+        def get_action(self, x, action=None, deterministic=False):  # the rollout's call, and inside the update's
+            result = super().get_action(x, action, deterministic)
             (sampled if action is None else scored).append(result[0].detach().clone())
             return result
 
