@@ -229,8 +229,7 @@ def main(args: Args) -> None:
 
     envs = make_envs(args.env_id, args.num_envs, args.capture_video, run_name)
     agent = Agent(envs.single_observation_space.shape[0], envs.single_action_space.n).to(device)
-    # eps 1e-5 as in the PPO baselines; fused: one kernel for all parameters, the fastest on the CPU too
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # eps of baselines
     start_iteration, global_step = 1, 0
     if checkpoint is not None:
         agent.load_state_dict(checkpoint["model"])

@@ -210,8 +210,7 @@ def main(args: Args) -> None:
 
     envs = make_envs(args.env_id, args.num_envs, args.capture_video, run_name)
     agent = Agent(envs.single_observation_space.shape[0], envs.single_action_space.n).to(device)
-    # eps 1e-5 as in the PPO baselines; fused: one kernel for all parameters, the fastest on the CPU too
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # eps of baselines
     start_iteration, global_step, kl_coef = 1, 0, args.kl_coef
     if checkpoint is not None:
         agent.load_state_dict(checkpoint["model"])
@@ -263,7 +262,8 @@ def main(args: Args) -> None:
                             writer.add_scalar("charts/episodic_return", infos["episode"]["r"][i], global_step)
                             writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)
 
-                values = agent.get_value(torch.as_tensor(obs, device=device)).cpu().numpy().reshape(dones.shape)
+                values = agent.get_value(torch.as_tensor(obs, device=device).flatten(0, 1))  # (T·N, 1)
+                values = values.cpu().numpy().reshape(dones.shape)
                 next_value = agent.get_value(torch.as_tensor(next_obs, dtype=torch.float32, device=device))
                 next_value = next_value.flatten().cpu().numpy()
             advantages, returns = compute_gae(
