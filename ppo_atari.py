@@ -152,9 +152,9 @@ class Agent(nn.Module):
         self.to(memory_format=torch.channels_last)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (B, 4, 84, 84) uint8 pixels, scaled to [0, 1] in place (one float copy, not two). channels_last
+        # x: (B, 4, 84, 84) uint8 pixels, copied once to float and scaled to [0, 1] in that copy. channels_last
         # (NHWC) is the native layout of oneDNN's CPU convolutions: 1.3x faster updates, no reorders
-        x = x.contiguous(memory_format=torch.channels_last).float().div_(255.0)
+        x = x.to(dtype=torch.float32, memory_format=torch.channels_last, copy=True).div_(255.0)
         return self.network(x)  # (B, hidden_dim)
 
     def get_value(self, x: torch.Tensor) -> torch.Tensor:
@@ -327,7 +327,7 @@ def main(args: Args) -> None:
 
                     optimizer.zero_grad()
                     loss.backward()
-                    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
+                    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
                     optimizer.step()
                     stats = dict(policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss, clipfrac=clipfrac)
                     stats.update(old_approx_kl=old_approx_kl, approx_kl=approx_kl)
