@@ -18,7 +18,8 @@ ALLOWED = {
         70,
     ),
     "ppo_continuous.py": (ENV_AND_NETWORK, 120),
-    # layer_init also initializes convolutions; RecordVideoEnv0 records from ale-py's vector env
+    # layer_init also initializes convolutions; RecordVideoEnv0 records from ale-py's vector env. The
+    # issue's budget is 130 lines: the Nature CNN, the preprocessing and the video recorder take 165 today
     "ppo_atari.py": (ENV_AND_NETWORK | {"layer_init", "RecordVideoEnv0"}, 165),
 }
 SIZE = {"ppo_discrete.py": 450, "ppo_penalty.py": 540, "ppo_continuous.py": 540, "ppo_atari.py": 540}
