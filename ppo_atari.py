@@ -7,8 +7,7 @@ objective L^CLIP+VF+S (eq. 9), with advantages from generalized advantage estima
 paper (section 6.4) with the preprocessing of Mnih et al. 2015 (DQN Nature).
 
 Differs from ppo_discrete.py in: ale-py's vector env with the standard Atari preprocessing (a life loss
-ends a training episode, the logged return is the whole game's raw score, rewards clipped to their sign
-for training), the Nature CNN shared by policy and value heads, uint8 rollout storage, Atari defaults.
+ends the training episode, rewards clipped to their sign), the Nature CNN shared by both heads, uint8 storage.
 
 Symbols: N=num_envs, T=num_steps, K=update_epochs, γ=gamma, λ=gae_lambda, ε=clip_coef,
 c1=vf_coef, c2=ent_coef, r_t(θ)=ratio, Â_t=advantages.
@@ -42,8 +41,9 @@ class Args:
     num_threads: int = 2  # torch CPU threads (the CNN update splits across cores: 1.6x the SPS of 1 on 2 cores)
     capture_video: bool = False  # if toggled, record videos of env 0 under `videos/{run_name}/`
     save_model: bool = False  # if toggled, save a checkpoint to `runs/{run_name}/{exp_name}.pt` at the end
-    resume: str | None = None  # path of a checkpoint of this script to continue training from
-    eval_checkpoint: str | None = None  # path of a checkpoint of this script to evaluate, without training
+    checkpoint_minutes: float = 5.0  # with --save-model, also save the checkpoint every this many minutes
+    resume: str | None = None  # path of a checkpoint to continue, with its arguments and its TensorBoard run
+    eval_checkpoint: str | None = None  # path of a checkpoint to evaluate on its env, without training
     eval_episodes: int = 10  # evaluation episodes after training, logged as eval/episodic_return (0: none)
     eval_deterministic: bool = False  # if toggled, evaluation takes the most likely action instead of sampling
     # Algorithm specific arguments
@@ -82,38 +82,45 @@ class Args:
 # ---- environment ----
 def make_envs(env_id: str, num_envs: int, capture_video: bool, run_name: str) -> gym.vector.VectorEnv:
     # The standard preprocessing (DQN Nature; Machado et al. 2018, https://arxiv.org/abs/1709.06009), in C++
-    # threads. Rewards stay raw: the logged return is the score. episodic_life stays off: ale-py's restarts
-    # the game at every life loss; main() ends the training episode there instead and the game goes on.
+    # threads, with the id's own protocol: v5 ids repeat the last action with probability 0.25 (sticky
+    # actions), v4 ids never. Rewards stay raw: the logged return is the score. episodic_life stays off:
+    # ale-py's restarts the game at every life loss; main() ends the training episode there instead.
     # SAME_STEP autoreset: the step that ends an episode returns the next episode's first obs, and the
     # ended one's last obs in info["final_obs"] (https://farama.org/Vector-Autoreset-Mode)
-    envs = AtariVectorEnv(
-        gym.spec(env_id).kwargs["game"], num_envs, noop_max=30, frameskip=4, maxpool=True, use_fire_reset=True,
-        img_height=84, img_width=84, grayscale=True, stack_num=4, repeat_action_probability=0.0,
-        full_action_space=False, max_num_frames_per_episode=108000, episodic_life=False, reward_clipping=False,
+    spec = gym.spec(env_id).kwargs
+    protocol = dict(
+        game=spec["game"], noop_max=30, frameskip=4, maxpool=True, use_fire_reset=True, episodic_life=False,
+        reward_clipping=False, repeat_action_probability=spec["repeat_action_probability"],
+        full_action_space=spec["full_action_space"], max_num_frames_per_episode=spec["max_num_frames_per_episode"],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
     )  # fmt: skip
-    if capture_video:
-        envs = RecordVideoEnv0(envs, f"videos/{run_name}")
+    envs = AtariVectorEnv(num_envs=num_envs, img_height=84, img_width=84, grayscale=True, stack_num=4, **protocol)
+    if capture_video:  # the screen as a person sees it: a copy of env 0 that returns RGB frames, 210x160
+        screen = AtariVectorEnv(num_envs=1, img_height=210, img_width=160, grayscale=False, stack_num=1, **protocol)
+        envs = RecordVideoEnv0(envs, screen, f"videos/{run_name}")
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)
 
 
 class RecordVideoEnv0(gym.vector.VectorWrapper):
-    """Records env 0's games from its observations (the newest 84x84 frame) on gymnasium's capped cubic
-    schedule, and the game in progress at close: RecordVideo needs render(), which ale-py's vector env lacks."""
+    """Records env 0's games on gymnasium's capped cubic schedule, and the game in progress at close. ale-py's
+    vector env cannot render, so a one-env copy of env 0 replays its actions: same seed and actions, same game."""
 
-    def __init__(self, env: gym.vector.VectorEnv, video_folder: str):
+    def __init__(self, env: gym.vector.VectorEnv, screen: gym.vector.VectorEnv, video_folder: str):
         super().__init__(env)
-        self.video_folder, self.episode_id, self.frames = video_folder, 0, []
+        self.screen, self.video_folder, self.episode_id, self.frames = screen, video_folder, 0, []
+
+    def reset(self, *, seed=None, options=None):
+        self.screen.reset(seed=seed)
+        return self.env.reset(seed=seed, options=options)
 
     def step(self, actions):
-        obs, rewards, terminations, truncations, infos = self.env.step(actions)
+        frame, _, terminations, truncations, infos = self.screen.step(actions[:1])
         ended = terminations[0] or truncations[0]
         if capped_cubic_video_schedule(self.episode_id):
-            frame = (infos["final_obs"] if ended else obs)[0, -1]
-            self.frames.append(np.repeat(frame[..., None], 3, axis=-1))  # grayscale to RGB
+            self.frames.append((infos["final_obs"] if ended else frame)[0, -1])  # (210, 160, 3)
         if ended:
             self.save()
-        return obs, rewards, terminations, truncations, infos
+        return self.env.step(actions)
 
     def save(self):
         if len(self.frames) > 1:
@@ -122,6 +129,7 @@ class RecordVideoEnv0(gym.vector.VectorWrapper):
 
     def close(self, **kwargs):
         self.save()
+        self.screen.close()
         super().close(**kwargs)
 
 
@@ -215,8 +223,10 @@ def main(args: Args) -> None:
         checkpoint = check_args(args)
     except ValueError as e:
         sys.exit(f"{os.path.basename(__file__)}: error: {e}")
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    writer = SummaryWriter(f"runs/{run_name}")
+    run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    if args.resume:  # continue its TensorBoard run; purge_step drops what was logged after it (before a crash)
+        run_name = checkpoint["run_name"]
+    writer = SummaryWriter(f"runs/{run_name}", purge_step=checkpoint["global_step"] + 1 if args.resume else None)
     hyperparameters = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{hyperparameters}")
 
@@ -242,6 +252,8 @@ def main(args: Args) -> None:
         optimizer.load_state_dict(checkpoint["optimizer"])
         start_iteration, global_step = checkpoint["iteration"] + 1, checkpoint["global_step"]
         torch.set_rng_state(checkpoint["rng"])
+        if device.type == "cuda" and checkpoint["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(checkpoint["cuda_rng"], device)
 
     # storage, in numpy (a row costs a tenth of a torch write); dones[t]: obs[t] is an episode's first obs
     obs = np.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=np.uint8)
@@ -249,7 +261,8 @@ def main(args: Args) -> None:
     logprobs, rewards, dones, values = (np.zeros((args.num_steps, args.num_envs), dtype=np.float32) for _ in range(4))
 
     stop = handle_stop_signals()
-    start_time = last_print = time.time()
+    start_time = last_print = last_save = time.time()
+    model_path = f"runs/{run_name}/{args.exp_name}.pt"
     start_step, iteration = global_step, start_iteration - 1
     next_obs, infos = envs.reset(seed=args.seed + global_step)
     lives = infos["lives"]
@@ -346,18 +359,25 @@ def main(args: Args) -> None:
             writer.add_scalar("losses/explained_variance", explained_var, global_step)
             writer.add_scalar("charts/SPS", sps, global_step)
             last_print = print_progress(args, envs, global_step, sps, last_print)
-            if stop["signal"] is not None:
+            finite = all(np.isfinite(v).all() for v in update_stats.values())
+            finite = finite and all(p.isfinite().all() for p in agent.parameters())
+            if not finite:  # stop before saving: the last checkpoint written keeps the last good weights
+                problem = f"iteration {iteration}: a loss or weight is nan or inf"
+                sys.exit(f"{os.path.basename(__file__)}: error: {problem}; lower --learning-rate or --max-grad-norm")
+            stopping, last = stop["signal"] is not None, iteration == args.num_iterations
+            if args.save_model and (stopping or last or time.time() - last_save > 60 * args.checkpoint_minutes):
+                save_checkpoint(model_path, agent, optimizer, args, iteration, global_step)
+                last_save = time.time()
+            if stopping:
                 break
 
+        if args.save_model:
+            print(f"\nmodel saved to {model_path}")
         if stop["signal"] is None and args.eval_episodes > 0:
             evaluate(agent, args, writer, device)
-    except KeyboardInterrupt:  # a second Ctrl-C: the iteration is half done, so no checkpoint of it
-        stop["aborted"] = True
+    except KeyboardInterrupt:  # a second Ctrl-C: abort now; the last checkpoint written stays as it was
+        pass
     finally:
-        if args.save_model and not stop["aborted"]:
-            model_path = f"runs/{run_name}/{args.exp_name}.pt"
-            save_checkpoint(model_path, agent, optimizer, args, iteration, global_step)
-            print(f"\nmodel saved to {model_path}")
         envs.close()
         writer.close()
     if stop["signal"] is not None:
@@ -367,9 +387,10 @@ def main(args: Args) -> None:
 # ---- plumbing ----
 def check_args(args: Args) -> dict | None:
     """Raises ValueError naming the first bad argument and its fix; returns the checkpoint to load, if any."""
+    checkpoint = load_checkpoint(args) if args.resume or args.eval_checkpoint else None
     ranges = [  # (fields, test of each value, what the value must be)
         ("total_timesteps num_envs num_steps num_minibatches update_epochs num_threads", lambda v: v > 0, "positive"),
-        ("learning_rate clip_coef max_grad_norm", lambda v: 0 < v < math.inf, "positive and finite"),
+        ("learning_rate clip_coef max_grad_norm checkpoint_minutes", lambda v: 0 < v < math.inf, "positive and finite"),
         ("ent_coef vf_coef eval_episodes", lambda v: 0 <= v < math.inf, "0 or more and finite"),
         ("gamma gae_lambda", lambda v: 0 <= v <= 1, "in [0, 1]"),
         ("seed", lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
@@ -382,14 +403,12 @@ def check_args(args: Args) -> dict | None:
     # what --eval-checkpoint reads; any other argument given with it would be silently ignored
     evaluation = {"exp_name", "seed", "torch_deterministic", "cuda", "num_threads", "env_id"}
     evaluation |= {"eval_checkpoint", "eval_episodes", "eval_deterministic"}
-    ignored = [f.name for f in fields(args) if f.name not in evaluation and getattr(args, f.name) != f.default]
-    ignored = " ".join("--" + name.replace("_", "-") for name in ignored)
+    ignored = " ".join("--" + name.replace("_", "-") for name in sorted(command_line_fields() - evaluation))
     b = args.batch_size
     relations = [  # (holds, what is wrong and how to fix it)
         (b % args.num_minibatches == 0, f"--num-minibatches must divide the batch size num_envs*num_steps = {b}"),
         (args.minibatch_size > 1 or not args.norm_adv, "--norm-adv needs minibatches of 2 or more samples"),
         (args.total_timesteps >= b or args.eval_checkpoint, f"--total-timesteps is smaller than one batch ({b} steps)"),
-        (not (args.resume and args.eval_checkpoint), "pass --resume or --eval-checkpoint, not both"),
         (args.eval_episodes > 0 or not args.eval_checkpoint, "--eval-checkpoint needs --eval-episodes 1 or more"),
         (not (args.eval_checkpoint and ignored), f"--eval-checkpoint does not use {ignored}; drop it"),
         (args.eval_episodes > 0 or not args.eval_deterministic, "--eval-deterministic needs --eval-episodes 1 or more"),
@@ -399,19 +418,24 @@ def check_args(args: Args) -> dict | None:
         if not holds:
             raise ValueError(problem)
     try:
-        entry_point = gym.spec(args.env_id).entry_point
+        entry_point = gym.spec(args.env_id).entry_point  # gym.make would print ale-py's banner
     except gym.error.Error as e:
-        raise ValueError(
-            f"unknown --env-id {args.env_id!r} ({e}); pass an Atari id such as PongNoFrameskip-v4"
-        ) from None
+        raise ValueError(f"unknown --env-id {args.env_id!r} ({e}); pass an Atari id such as ALE/Pong-v5") from None
     if entry_point != "ale_py.env:AtariEnv":
         raise ValueError(f"--env-id {args.env_id} is not an Atari game; use ppo_discrete.py or ppo_continuous.py")
-    return load_checkpoint(args) if args.resume or args.eval_checkpoint else None
+    name, frameskip = gym.spec(args.env_id).name, gym.spec(args.env_id).kwargs["frameskip"]
+    if not isinstance(frameskip, int):  # Breakout-v4: 2 to 4 frames at random, which the vector env cannot do
+        raise ValueError(f"--env-id {args.env_id} skips {frameskip} frames; pass {name}NoFrameskip-v4 or ALE/{name}-v5")
+    return checkpoint
 
 
 def load_checkpoint(args: Args) -> dict:
-    """Loads --resume or --eval-checkpoint (weights_only: runs no code from the file) and checks it against args."""
+    """Loads --resume or --eval-checkpoint (weights_only: runs no code from the file). The arguments it was trained
+    with fill in those not given (--eval-checkpoint: the env id); a given one that differs is an error, except
+    those that do not change the training (the budget, saving, devices, logging)."""
     path, script = args.resume or args.eval_checkpoint, os.path.basename(__file__)
+    if args.resume and args.eval_checkpoint:
+        raise ValueError("pass --resume or --eval-checkpoint, not both")
     fix = f"pass a .pt file written by {script} --save-model"
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -422,13 +446,19 @@ def load_checkpoint(args: Args) -> dict:
     owner = checkpoint.get("script") if isinstance(checkpoint, dict) else None
     if owner != script:
         raise ValueError(f"{path!r} is not a checkpoint of {script} (written by: {owner}); {fix}")
-    trained = checkpoint["args"]
-    if trained["env_id"] != args.env_id:
-        raise ValueError(f"{path!r} was trained on {trained['env_id']}; pass --env-id {trained['env_id']}")
-    sizes = f"--num-envs {trained['num_envs']} --num-steps {trained['num_steps']}"
-    if args.resume and (trained["num_envs"], trained["num_steps"]) != (args.num_envs, args.num_steps):
-        raise ValueError(f"{path!r} was trained with {sizes}; resume with the same sizes")
-    if args.resume and set(checkpoint["optimizer"]) != {"state", "param_groups"}:
+    trained, given = checkpoint["args"], command_line_fields()
+    free = {"exp_name", "torch_deterministic", "cuda", "num_threads", "capture_video", "save_model"}
+    free |= {"checkpoint_minutes", "eval_episodes", "eval_deterministic", "total_timesteps"}
+    names = ["env_id"] if args.eval_checkpoint else [f.name for f in fields(args) if f.name != "resume"]
+    for name in (name for name in names if name in trained):
+        flag = "--" + name.replace("_", "-")
+        if name not in given:
+            setattr(args, name, trained[name])
+        elif getattr(args, name) != trained[name] and name not in free:
+            raise ValueError(
+                f"{flag} {getattr(args, name)} conflicts with {path!r}'s {flag} {trained[name]}; drop {flag}"
+            )
+    if args.resume and (set(checkpoint["optimizer"]) != {"state", "param_groups"} or "run_name" not in checkpoint):
         raise ValueError(f"{path!r} is from an older version of this script; evaluate it, or train without --resume")
     if args.resume and checkpoint["iteration"] >= args.num_iterations:
         raise ValueError(f"{path!r} holds {checkpoint['global_step']} steps; raise --total-timesteps to continue")
@@ -439,8 +469,17 @@ def save_checkpoint(path, agent: nn.Module, optimizer, args: Args, iteration: in
     """Writes what --resume needs, with torch's RNG, the one the script draws from; state: the variant's extras."""
     checkpoint = dict(script=os.path.basename(__file__), model=agent.state_dict(), optimizer=optimizer.state_dict())
     checkpoint.update(args=asdict(args), iteration=iteration, global_step=global_step, rng=torch.get_rng_state())
+    device = next(agent.parameters()).device
+    checkpoint["cuda_rng"] = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    checkpoint["run_name"] = os.path.basename(os.path.dirname(path))  # the run folder --resume continues
     torch.save({**checkpoint, **state}, path + ".tmp")
     os.replace(path + ".tmp", path)  # a kill mid-save never leaves a half-written checkpoint
+
+
+def command_line_fields() -> set[str]:
+    """The Args fields named on the command line: tyro's result does not tell a default from a given value."""
+    flags = {arg[2:].split("=")[0].replace("-", "_") for arg in sys.argv[1:] if arg.startswith("--")}
+    return {f.name for f in fields(Args) if f.name in flags or "no_" + f.name in flags}
 
 
 def evaluate(agent: Agent, args: Args, writer: SummaryWriter, device) -> list[float]:
@@ -463,7 +502,7 @@ def evaluate(agent: Agent, args: Args, writer: SummaryWriter, device) -> list[fl
 
 def handle_stop_signals() -> dict:
     """SIGINT or SIGTERM: stop after this iteration (then save, flush, close); a second Ctrl-C: abort now."""
-    stop = {"signal": None, "aborted": False}
+    stop = {"signal": None}
 
     def request_stop(signum, frame):
         if stop["signal"] is not None:

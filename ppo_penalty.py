@@ -41,8 +41,9 @@ class Args:
     num_threads: int = 1  # torch CPU threads (1 is fastest for small networks: no thread hand-off per layer)
     capture_video: bool = False  # if toggled, record videos of env 0 under `videos/{run_name}/`
     save_model: bool = False  # if toggled, save a checkpoint to `runs/{run_name}/{exp_name}.pt` at the end
-    resume: str | None = None  # path of a checkpoint of this script to continue training from
-    eval_checkpoint: str | None = None  # path of a checkpoint of this script to evaluate, without training
+    checkpoint_minutes: float = 5.0  # with --save-model, also save the checkpoint every this many minutes
+    resume: str | None = None  # path of a checkpoint to continue, with its arguments and its TensorBoard run
+    eval_checkpoint: str | None = None  # path of a checkpoint to evaluate on its env, without training
     eval_episodes: int = 10  # evaluation episodes after training, logged as eval/episodic_return (0: none)
     eval_deterministic: bool = False  # if toggled, evaluation takes the most likely action instead of sampling
     # Algorithm specific arguments
@@ -99,7 +100,7 @@ def make_envs(env_id: str, num_envs: int, capture_video: bool, run_name: str) ->
 
 
 # ---- network ----
-def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
+def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Module:
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
     return layer
@@ -196,8 +197,10 @@ def main(args: Args) -> None:
         checkpoint = check_args(args)
     except ValueError as e:
         sys.exit(f"{os.path.basename(__file__)}: error: {e}")
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    writer = SummaryWriter(f"runs/{run_name}")
+    run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    if args.resume:  # continue its TensorBoard run; purge_step drops what was logged after it (before a crash)
+        run_name = checkpoint["run_name"]
+    writer = SummaryWriter(f"runs/{run_name}", purge_step=checkpoint["global_step"] + 1 if args.resume else None)
     hyperparameters = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{hyperparameters}")
 
@@ -223,6 +226,8 @@ def main(args: Args) -> None:
         optimizer.load_state_dict(checkpoint["optimizer"])
         start_iteration, global_step = checkpoint["iteration"] + 1, checkpoint["global_step"]
         torch.set_rng_state(checkpoint["rng"])
+        if device.type == "cuda" and checkpoint["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(checkpoint["cuda_rng"], device)
         kl_coef = checkpoint["kl_coef"]
 
     # storage, in numpy (a row costs a tenth of a torch write); dones[t]: obs[t] is an episode's first obs
@@ -231,7 +236,8 @@ def main(args: Args) -> None:
     logprobs, rewards, dones = (np.zeros((args.num_steps, args.num_envs), dtype=np.float32) for _ in range(3))
 
     stop = handle_stop_signals()
-    start_time = last_print = time.time()
+    start_time = last_print = last_save = time.time()
+    model_path = f"runs/{run_name}/{args.exp_name}.pt"
     start_step, iteration = global_step, start_iteration - 1
     next_obs, _ = envs.reset(seed=args.seed + global_step)
     next_done = np.zeros(args.num_envs, dtype=np.float32)
@@ -332,18 +338,25 @@ def main(args: Args) -> None:
             if args.adaptive_kl:
                 kl_coef = update_kl_coef(kl_coef, kl, args.kl_target)
             last_print = print_progress(args, envs, global_step, sps, last_print)
-            if stop["signal"] is not None:
+            finite = all(np.isfinite(v).all() for v in update_stats.values())
+            finite = finite and all(p.isfinite().all() for p in agent.parameters())
+            if not finite:  # stop before saving: the last checkpoint written keeps the last good weights
+                problem = f"iteration {iteration}: a loss or weight is nan or inf"
+                sys.exit(f"{os.path.basename(__file__)}: error: {problem}; lower --learning-rate or --max-grad-norm")
+            stopping, last = stop["signal"] is not None, iteration == args.num_iterations
+            if args.save_model and (stopping or last or time.time() - last_save > 60 * args.checkpoint_minutes):
+                save_checkpoint(model_path, agent, optimizer, args, iteration, global_step, kl_coef=kl_coef)
+                last_save = time.time()
+            if stopping:
                 break
 
+        if args.save_model:
+            print(f"\nmodel saved to {model_path}")
         if stop["signal"] is None and args.eval_episodes > 0:
             evaluate(agent, args, writer, device)
-    except KeyboardInterrupt:  # a second Ctrl-C: the iteration is half done, so no checkpoint of it
-        stop["aborted"] = True
+    except KeyboardInterrupt:  # a second Ctrl-C: abort now; the last checkpoint written stays as it was
+        pass
     finally:
-        if args.save_model and not stop["aborted"]:
-            model_path = f"runs/{run_name}/{args.exp_name}.pt"
-            save_checkpoint(model_path, agent, optimizer, args, iteration, global_step, kl_coef=kl_coef)
-            print(f"\nmodel saved to {model_path}")
         envs.close()
         writer.close()
     if stop["signal"] is not None:
@@ -353,9 +366,10 @@ def main(args: Args) -> None:
 # ---- plumbing ----
 def check_args(args: Args) -> dict | None:
     """Raises ValueError naming the first bad argument and its fix; returns the checkpoint to load, if any."""
+    checkpoint = load_checkpoint(args) if args.resume or args.eval_checkpoint else None
     ranges = [  # (fields, test of each value, what the value must be)
         ("total_timesteps num_envs num_steps num_minibatches update_epochs num_threads", lambda v: v > 0, "positive"),
-        ("learning_rate clip_coef max_grad_norm", lambda v: 0 < v < math.inf, "positive and finite"),
+        ("learning_rate clip_coef max_grad_norm checkpoint_minutes", lambda v: 0 < v < math.inf, "positive and finite"),
         ("ent_coef vf_coef eval_episodes", lambda v: 0 <= v < math.inf, "0 or more and finite"),
         ("gamma gae_lambda", lambda v: 0 <= v <= 1, "in [0, 1]"),
         ("seed", lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
@@ -370,14 +384,12 @@ def check_args(args: Args) -> dict | None:
     # what --eval-checkpoint reads; any other argument given with it would be silently ignored
     evaluation = {"exp_name", "seed", "torch_deterministic", "cuda", "num_threads", "env_id"}
     evaluation |= {"eval_checkpoint", "eval_episodes", "eval_deterministic"}
-    ignored = [f.name for f in fields(args) if f.name not in evaluation and getattr(args, f.name) != f.default]
-    ignored = " ".join("--" + name.replace("_", "-") for name in ignored)
+    ignored = " ".join("--" + name.replace("_", "-") for name in sorted(command_line_fields() - evaluation))
     b = args.batch_size
     relations = [  # (holds, what is wrong and how to fix it)
         (b % args.num_minibatches == 0, f"--num-minibatches must divide the batch size num_envs*num_steps = {b}"),
         (args.minibatch_size > 1 or not args.norm_adv, "--norm-adv needs minibatches of 2 or more samples"),
         (args.total_timesteps >= b or args.eval_checkpoint, f"--total-timesteps is smaller than one batch ({b} steps)"),
-        (not (args.resume and args.eval_checkpoint), "pass --resume or --eval-checkpoint, not both"),
         (args.eval_episodes > 0 or not args.eval_checkpoint, "--eval-checkpoint needs --eval-episodes 1 or more"),
         (not (args.eval_checkpoint and ignored), f"--eval-checkpoint does not use {ignored}; drop it"),
         (args.eval_episodes > 0 or not args.eval_deterministic, "--eval-deterministic needs --eval-episodes 1 or more"),
@@ -390,9 +402,12 @@ def check_args(args: Args) -> dict | None:
             raise ValueError(problem)
     try:
         env = gym.make(args.env_id)
-    except gym.error.DependencyNotInstalled as e:
-        raise ValueError(f"--env-id {args.env_id} needs a package that is not installed: {e}") from None
+    except gym.error.DependencyNotInstalled as e:  # gymnasium's own hint for Box2D builds box2d-py from source
+        fix = "pip install Box2D==2.3.10" if "box2d" in gym.spec(args.env_id).entry_point else e
+        raise ValueError(f"--env-id {args.env_id} needs a package that is not installed: {fix}") from None
     except gym.error.Error as e:
+        if args.env_id.startswith("ALE/") or "NoFrameskip" in args.env_id:  # ale_py, not imported here, registers them
+            raise ValueError(f"--env-id {args.env_id} is an Atari game; use ppo_atari.py") from None
         raise ValueError(f"unknown --env-id {args.env_id!r} ({e}); pass a gymnasium id such as CartPole-v1") from None
     env.close()
     obs_shape, action_space = getattr(env.observation_space, "shape", None) or (), env.action_space
@@ -401,12 +416,16 @@ def check_args(args: Args) -> dict | None:
     if not isinstance(action_space, gym.spaces.Discrete) or len(obs_shape) != 1:
         fix = "use ppo_atari.py" if len(obs_shape) == 3 else "this script needs Discrete actions and flat observations"
         raise ValueError(f"--env-id {args.env_id} has {env.observation_space} obs and {action_space} actions; {fix}")
-    return load_checkpoint(args) if args.resume or args.eval_checkpoint else None
+    return checkpoint
 
 
 def load_checkpoint(args: Args) -> dict:
-    """Loads --resume or --eval-checkpoint (weights_only: runs no code from the file) and checks it against args."""
+    """Loads --resume or --eval-checkpoint (weights_only: runs no code from the file). The arguments it was trained
+    with fill in those not given (--eval-checkpoint: the env id); a given one that differs is an error, except
+    those that do not change the training (the budget, saving, devices, logging)."""
     path, script = args.resume or args.eval_checkpoint, os.path.basename(__file__)
+    if args.resume and args.eval_checkpoint:
+        raise ValueError("pass --resume or --eval-checkpoint, not both")
     fix = f"pass a .pt file written by {script} --save-model"
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -417,13 +436,19 @@ def load_checkpoint(args: Args) -> dict:
     owner = checkpoint.get("script") if isinstance(checkpoint, dict) else None
     if owner != script:
         raise ValueError(f"{path!r} is not a checkpoint of {script} (written by: {owner}); {fix}")
-    trained = checkpoint["args"]
-    if trained["env_id"] != args.env_id:
-        raise ValueError(f"{path!r} was trained on {trained['env_id']}; pass --env-id {trained['env_id']}")
-    sizes = f"--num-envs {trained['num_envs']} --num-steps {trained['num_steps']}"
-    if args.resume and (trained["num_envs"], trained["num_steps"]) != (args.num_envs, args.num_steps):
-        raise ValueError(f"{path!r} was trained with {sizes}; resume with the same sizes")
-    if args.resume and set(checkpoint["optimizer"]) != {"state", "param_groups"}:
+    trained, given = checkpoint["args"], command_line_fields()
+    free = {"exp_name", "torch_deterministic", "cuda", "num_threads", "capture_video", "save_model"}
+    free |= {"checkpoint_minutes", "eval_episodes", "eval_deterministic", "total_timesteps"}
+    names = ["env_id"] if args.eval_checkpoint else [f.name for f in fields(args) if f.name != "resume"]
+    for name in (name for name in names if name in trained):
+        flag = "--" + name.replace("_", "-")
+        if name not in given:
+            setattr(args, name, trained[name])
+        elif getattr(args, name) != trained[name] and name not in free:
+            raise ValueError(
+                f"{flag} {getattr(args, name)} conflicts with {path!r}'s {flag} {trained[name]}; drop {flag}"
+            )
+    if args.resume and (set(checkpoint["optimizer"]) != {"state", "param_groups"} or "run_name" not in checkpoint):
         raise ValueError(f"{path!r} is from an older version of this script; evaluate it, or train without --resume")
     if args.resume and checkpoint["iteration"] >= args.num_iterations:
         raise ValueError(f"{path!r} holds {checkpoint['global_step']} steps; raise --total-timesteps to continue")
@@ -434,8 +459,17 @@ def save_checkpoint(path, agent: nn.Module, optimizer, args: Args, iteration: in
     """Writes what --resume needs, with torch's RNG, the one the script draws from; state: the variant's extras."""
     checkpoint = dict(script=os.path.basename(__file__), model=agent.state_dict(), optimizer=optimizer.state_dict())
     checkpoint.update(args=asdict(args), iteration=iteration, global_step=global_step, rng=torch.get_rng_state())
+    device = next(agent.parameters()).device
+    checkpoint["cuda_rng"] = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    checkpoint["run_name"] = os.path.basename(os.path.dirname(path))  # the run folder --resume continues
     torch.save({**checkpoint, **state}, path + ".tmp")
     os.replace(path + ".tmp", path)  # a kill mid-save never leaves a half-written checkpoint
+
+
+def command_line_fields() -> set[str]:
+    """The Args fields named on the command line: tyro's result does not tell a default from a given value."""
+    flags = {arg[2:].split("=")[0].replace("-", "_") for arg in sys.argv[1:] if arg.startswith("--")}
+    return {f.name for f in fields(Args) if f.name in flags or "no_" + f.name in flags}
 
 
 def evaluate(agent: Agent, args: Args, writer: SummaryWriter, device) -> list[float]:
@@ -458,7 +492,7 @@ def evaluate(agent: Agent, args: Args, writer: SummaryWriter, device) -> list[fl
 
 def handle_stop_signals() -> dict:
     """SIGINT or SIGTERM: stop after this iteration (then save, flush, close); a second Ctrl-C: abort now."""
-    stop = {"signal": None, "aborted": False}
+    stop = {"signal": None}
 
     def request_stop(signum, frame):
         if stop["signal"] is not None:

@@ -59,13 +59,17 @@ def load_script(name: str):
 
 
 def problem(ppo, args: list[str]) -> str | None:
-    """What the script's check_args says of these command-line arguments (None: nothing wrong)."""
+    """What the script's check_args says of these command-line arguments (None: nothing wrong). sys.argv holds
+    them meanwhile: a script reads it to tell an argument given from one left at its default."""
     import tyro
 
+    argv, sys.argv = sys.argv, [ppo.__file__, *args]
     try:
         ppo.check_args(tyro.cli(ppo.Args, args=args))
     except ValueError as e:
         return str(e)
+    finally:
+        sys.argv = argv
     return None
 
 

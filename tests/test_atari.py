@@ -147,8 +147,9 @@ def test_vector_env_has_the_standard_preprocessing(asterix):
         "img_width": 84,
         "grayscale": True,
         "stack_num": 4,
-        "repeat_action_probability": 0.0,
+        "repeat_action_probability": 0.25,  # a v5 id: sticky actions, as gymnasium documents
         "full_action_space": False,
+        "max_num_frames_per_episode": 108000,
         "episodic_life": False,  # ale-py's restarts the whole game at a life loss
         "reward_clipping": False,  # the logged score is raw; the script clips for training
         "autoreset_mode": gym.vector.AutoresetMode.SAME_STEP,
@@ -187,7 +188,13 @@ def test_training_rewards_are_the_signs_of_the_raw_rewards(asterix):
 def test_logged_return_is_the_raw_score_of_the_whole_game(asterix):
     """Env 0's first game replayed by hand, action by action, in a fresh env built here."""
     steps = asterix["recorder"].steps
-    env = AtariVectorEnv(GAME, 1, reward_clipping=False, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    env = AtariVectorEnv(
+        GAME,
+        1,
+        repeat_action_probability=0.25,
+        reward_clipping=False,
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )  # v5's sticky actions: with the same seed they repeat the same actions as in the run
     obs, infos = env.reset(seed=1)  # the script seeds env i with --seed + i
     np.testing.assert_array_equal(obs[0], asterix["recorder"].reset_obs[0])
     score, clipped_score, first_life_score, lives = 0, 0, None, infos["lives"][0]
@@ -282,3 +289,43 @@ def test_env_ids_that_are_not_atari_games_get_a_one_line_error(ppo, tmp_path):
     assert proc.returncode != 0 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"{SCRIPT}: error: unknown --env-id 'ALE/Breakot-v5'")
     assert os.listdir(tmp_path) == []
+
+
+def test_each_id_gets_its_own_protocol(ppo, monkeypatch):
+    made = []
+    monkeypatch.setattr(ppo, "AtariVectorEnv", lambda **kw: made.append(kw) or AtariVectorEnv(**kw))
+    for env_id in ("ALE/Breakout-v5", "BreakoutNoFrameskip-v4"):
+        ppo.make_envs(env_id, 1, False, "").close()
+    assert [kw["repeat_action_probability"] for kw in made] == [0.25, 0.0]
+    assert all(kw["frameskip"] == 4 and kw["max_num_frames_per_episode"] == 108000 for kw in made)
+    message = problem(ppo, ["--env-id", "Breakout-v4"])  # gymnasium's v4 without NoFrameskip: 2 to 4 frames
+    assert "pass BreakoutNoFrameskip-v4 or ALE/Breakout-v5" in message
+
+
+def test_video_shows_the_rgb_screen_of_env_0_in_step_with_it(ppo, tmp_path, monkeypatch):
+    from moviepy import VideoFileClip
+
+    monkeypatch.chdir(tmp_path)
+    envs = ppo.make_envs("ALE/Breakout-v5", 2, True, "run")
+    envs.reset(seed=3)
+    video = tmp_path / "videos" / "run" / "rl-video-episode-0.mp4"
+    rng, game_over = np.random.default_rng(0), False
+    for _ in range(5000):
+        _, _, terminations, truncations, _ = envs.step(rng.integers(0, 4, size=2))
+        game_over = terminations[0] or truncations[0]
+        # the recorder ends its video when the copy of env 0 ends its game: at the same step as env 0
+        assert video.exists() == game_over
+        if game_over:
+            break
+    envs.close()
+    assert game_over
+    clip = VideoFileClip(str(video))
+    assert tuple(clip.size) == (160, 210) and clip.get_frame(0).std() > 0  # the emulator's screen, not 84x84
+    clip.close()
+
+
+def test_ale_ids_do_not_nest_run_folders(tmp_path):
+    args = ["--env-id", "ALE/Breakout-v5", "--num-envs", "2", "--num-steps", "16", "--total-timesteps", "32"]
+    run_script(SCRIPT, [*args, "--eval-episodes", "0"], tmp_path)
+    (run_dir,) = glob.glob(str(tmp_path / "runs" / "*"))
+    assert os.path.basename(run_dir).startswith("ALE-Breakout-v5__ppo_atari__1__")

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+import tyro
 from conftest import ROOT, SCRIPTS, TRAIN_TAGS, load_script, problem, run_dirs, run_script, scalars
 
 
@@ -55,10 +56,11 @@ def test_tiny_run_logs_every_tag_hyperparameters_and_progress(script, trained):
 
 
 def test_checkpoint_holds_weights_optimizer_args_step_and_rng(script, trained):
-    _, _, path, _ = trained
+    _, run_dir, path, _ = trained
     checkpoint = torch.load(path, weights_only=True)
     assert checkpoint["script"] == script
-    assert {"model", "optimizer", "args", "iteration", "global_step", "rng"} <= set(checkpoint)
+    assert {"model", "optimizer", "args", "iteration", "global_step", "rng", "cuda_rng", "run_name"} <= set(checkpoint)
+    assert checkpoint["run_name"] == os.path.basename(run_dir)
     assert checkpoint["args"]["env_id"] == SCRIPTS[script]["env_id"]
     assert checkpoint["global_step"] > 0 and checkpoint["iteration"] > 0
     # torch.optim.Adam's own state_dict: a step count and both moment estimates for every parameter
@@ -68,19 +70,67 @@ def test_checkpoint_holds_weights_optimizer_args_step_and_rng(script, trained):
     assert sorted(tuple(state["exp_avg_sq"].shape) for state in states.values()) == shapes
 
 
-def test_resume_continues_step_count_and_learning_rate_schedule(script, trained):
+def test_resume_continues_step_count_schedule_and_the_same_tensorboard_run(script, trained, tmp_path):
     cwd, run_dir, path, _ = trained
+    shutil.copytree(cwd, tmp_path, dirs_exist_ok=True)  # the other tests keep the trained run as it was
+    run_dir, path = (os.path.join(tmp_path, os.path.relpath(p, cwd)) for p in (run_dir, path))
     first = scalars(run_dir)["charts/learning_rate"]
     batch_size, last_step, num_iterations = first[0][0], first[-1][0], len(first)
     total = 2 * num_iterations * batch_size
-    run_script(script, [*tiny(script), "--total-timesteps", str(total), "--resume", path], cwd)
-    resumed_dir = [d for d in run_dirs(cwd) if d != run_dir]
-    assert len(resumed_dir) == 1
-    second = scalars(resumed_dir[0])["charts/learning_rate"]
+    # only the budget is given: the sizes, the env id and every hyperparameter come from the checkpoint
+    run_script(script, ["--resume", path, "--total-timesteps", str(total), "--eval-episodes", "0"], tmp_path)
+    assert run_dirs(tmp_path) == [run_dir]
+    curve = scalars(run_dir)["charts/learning_rate"]
+    assert [step for step, _ in curve] == [batch_size * (i + 1) for i in range(2 * num_iterations)]
+    second = curve[num_iterations:]
     assert second[0][0] == last_step + batch_size
-    assert len(second) == num_iterations
     # the schedule is at iteration num_iterations + 1 of 2 * num_iterations: half the initial rate
     assert second[0][1] == pytest.approx(first[0][1] / 2, rel=1e-5)
+    assert torch.load(path, weights_only=True)["global_step"] == total
+
+
+def test_killed_run_resumes_from_its_last_periodic_checkpoint_in_one_curve(script, tmp_path):
+    # --checkpoint-minutes 0.0001: a checkpoint after every iteration; the budget is far more than the test waits
+    args = [*tiny(script), "--total-timesteps", "100000000", "--save-model", "--checkpoint-minutes", "0.0001"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=tmp_path, stdout=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        paths = glob.glob(str(tmp_path / "runs" / "*" / "*.pt"))
+        if paths and len(scalars(os.path.dirname(paths[0])).get("charts/SPS", [])) >= 3:
+            break
+        time.sleep(0.2)
+    proc.kill()  # SIGKILL: no handler runs, nothing is saved at exit
+    proc.wait(timeout=60)
+    (run_dir,) = run_dirs(tmp_path)
+    (path,) = glob.glob(os.path.join(run_dir, "*.pt"))
+    saved = torch.load(path, weights_only=True)
+    batch_size = saved["global_step"] // saved["iteration"]
+    total = saved["global_step"] + 2 * batch_size
+    run_script(script, ["--resume", path, "--total-timesteps", str(total), "--eval-episodes", "0"], tmp_path)
+    assert run_dirs(tmp_path) == [run_dir]
+    # one curve: what the killed run logged after its checkpoint is dropped, the resumed run logs on from there
+    logged = scalars(run_dir)
+    assert [step for step, _ in logged["charts/learning_rate"]] == [
+        batch_size * (i + 1) for i in range(total // batch_size)
+    ]
+    assert all([step for step, _ in values] == sorted(step for step, _ in values) for values in logged.values())
+    resumed = torch.load(path, weights_only=True)
+    assert (resumed["iteration"], resumed["global_step"]) == (saved["iteration"] + 2, total)
+
+
+def test_resuming_the_same_checkpoint_twice_logs_the_same_values(script, trained, tmp_path):
+    cwd, run_dir, path, _ = trained
+    logs = []
+    for copy in ("a", "b"):
+        shutil.copytree(cwd, tmp_path / copy)
+        copied = str(tmp_path / copy / os.path.relpath(path, cwd))
+        total = 2 * torch.load(copied, weights_only=True)["global_step"]
+        run_script(
+            script, ["--resume", copied, "--total-timesteps", str(total), "--eval-episodes", "0"], tmp_path / copy
+        )
+        (resumed_dir,) = run_dirs(tmp_path / copy)
+        logs.append({tag: values for tag, values in scalars(resumed_dir).items() if tag != "charts/SPS"})
+    assert logs[0] == logs[1]
 
 
 def test_checkpoint_that_does_not_fit_the_arguments_is_named(script, trained, monkeypatch, tmp_path_factory, tmp_path):
@@ -95,7 +145,9 @@ def test_checkpoint_that_does_not_fit_the_arguments_is_named(script, trained, mo
     monkeypatch.chdir(tmp_path)
     for args, fragment in [
         (["--resume", old_layout, "--total-timesteps", "100000"], "older version of this script"),
-        (["--resume", path, "--num-steps", "16"], "resume with the same sizes"),
+        (["--resume", path, "--num-steps", "16"], f"--num-steps 16 conflicts with {path!r}'s --num-steps"),
+        (["--resume", path, "--seed", "7"], f"--seed 7 conflicts with {path!r}'s --seed 1"),
+        (["--eval-checkpoint", path, "--env-id", "Ant-v5"], f"--env-id Ant-v5 conflicts with {path!r}'s --env-id"),
         (["--resume", path, "--total-timesteps", steps], "raise --total-timesteps"),
         (["--eval-checkpoint", path, "--eval-episodes", "0"], "--eval-episodes 1 or more"),
         (["--eval-checkpoint", path, "--gamma", "0.9"], "--eval-checkpoint does not use --gamma"),
@@ -109,7 +161,7 @@ def test_checkpoint_that_does_not_fit_the_arguments_is_named(script, trained, mo
 
 def test_eval_checkpoint_evaluates_without_training(script, trained, tmp_path):
     _, _, path, _ = trained
-    args = ["--env-id", SCRIPTS[script]["env_id"], "--eval-checkpoint", path, "--eval-episodes", "2"]
+    args = ["--eval-checkpoint", path, "--eval-episodes", "2"]  # the env id comes from the checkpoint
     proc = run_script(script, args, tmp_path)
     assert "eval" in proc.stdout
     (eval_dir,) = run_dirs(tmp_path)
@@ -139,6 +191,110 @@ def test_signal_mid_run_stops_cleanly_with_log_and_checkpoint(script, tmp_path, 
     assert len(logged["losses/value_loss"]) >= 2
     checkpoint = torch.load(checkpoint_path(run_dir, script), weights_only=True)
     assert checkpoint["global_step"] == logged["losses/value_loss"][-1][0]
+
+
+def test_ctrl_c_during_the_final_evaluation_keeps_the_finished_runs_checkpoint(script, tmp_path):
+    args = [*tiny(script), "--save-model", "--eval-episodes", "100000"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=tmp_path, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not glob.glob(str(tmp_path / "runs" / "*" / "*.pt")):
+        time.sleep(0.2)  # the checkpoint of the last iteration is written before the evaluation starts
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)  # the second Ctrl-C aborts the evaluation at once
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT and b"Traceback" not in stderr, stderr.decode()
+    (run_dir,) = run_dirs(tmp_path)
+    checkpoint = torch.load(checkpoint_path(run_dir, script), weights_only=True)
+    assert checkpoint["global_step"] == scalars(run_dir)["losses/value_loss"][-1][0]
+    assert checkpoint["iteration"] == checkpoint["args"]["total_timesteps"] // (
+        checkpoint["global_step"] // checkpoint["iteration"]
+    )
+
+
+def test_an_exception_mid_iteration_leaves_the_last_complete_iterations_checkpoint(script, tmp_path, monkeypatch):
+    ppo = load_script(script)
+    calls = []
+
+    def gae_that_fails_in_iteration_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("injected")
+        return compute_gae(*args, **kwargs)
+
+    compute_gae = ppo.compute_gae
+    monkeypatch.setattr(ppo, "compute_gae", gae_that_fails_in_iteration_3)
+    monkeypatch.chdir(tmp_path)
+    argv = [*tiny(script), "--total-timesteps", "100000", "--save-model", "--checkpoint-minutes", "0.0001"]
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(RuntimeError, match="injected"):
+            ppo.main(tyro.cli(ppo.Args, args=argv))
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        torch.set_num_threads(threads)
+    (run_dir,) = run_dirs(tmp_path)
+    checkpoint = torch.load(checkpoint_path(run_dir, script), weights_only=True)
+    # iteration 3 had stepped its envs when it failed; the checkpoint claims the two finished iterations only
+    assert checkpoint["iteration"] == 2
+    assert checkpoint["global_step"] == scalars(run_dir)["losses/value_loss"][-1][0]
+
+
+def test_non_finite_weights_stop_with_one_line_and_keep_the_last_checkpoint(script, trained, tmp_path):
+    cwd, _, path, _ = trained
+    shutil.copytree(cwd, tmp_path, dirs_exist_ok=True)
+    path = os.path.join(tmp_path, os.path.relpath(path, cwd))
+    checkpoint = torch.load(path, weights_only=True)
+    for state in checkpoint["optimizer"]["state"].values():
+        state["exp_avg_sq"].fill_(float("nan"))  # Adam's first step then writes nan into every weight
+    torch.save(checkpoint, path)
+    before = open(path, "rb").read()
+    batch_size = checkpoint["global_step"] // checkpoint["iteration"]
+    total = str(checkpoint["global_step"] + batch_size)  # the failing iteration is the last: it would be saved
+    proc = run_script(script, ["--resume", path, "--total-timesteps", total], tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    iteration = checkpoint["iteration"] + 1
+    assert (
+        line
+        == f"{script}: error: iteration {iteration}: a loss or weight is nan or inf; lower --learning-rate or --max-grad-norm"
+    )
+    assert open(path, "rb").read() == before
+
+
+@pytest.mark.parametrize(
+    "name, env_id",
+    [
+        ("ppo_discrete.py", "LunarLander-v3"),
+        ("ppo_penalty.py", "LunarLander-v3"),
+        ("ppo_continuous.py", "BipedalWalker-v3"),
+    ],
+)
+def test_box2d_tasks_run_after_the_install_command_and_a_missing_box2d_names_its_fix(name, env_id, monkeypatch):
+    ppo = load_script(name)
+    assert problem(ppo, ["--env-id", env_id]) is None
+    for module in [m for m in sys.modules if m.startswith(("Box2D", "gymnasium.envs.box2d"))]:
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setitem(sys.modules, "Box2D", None)  # import Box2D now fails, as where it is not installed
+    message = problem(ppo, ["--env-id", env_id])
+    assert message.endswith("needs a package that is not installed: pip install Box2D==2.3.10"), message
+
+
+@pytest.mark.parametrize("name", ["ppo_discrete.py", "ppo_penalty.py", "ppo_continuous.py"])
+def test_an_atari_id_names_the_script_that_trains_on_it(name, tmp_path):
+    # in a fresh process the ids are unknown (ale_py registers them on import); here they may be registered
+    for env_id in ("ALE/Pong-v5", "PongNoFrameskip-v4"):
+        message = problem(load_script(name), ["--env-id", env_id])
+        assert message.startswith(f"--env-id {env_id} ") and message.endswith("; use ppo_atari.py"), message
+    proc = run_script(name, ["--env-id", "ALE/Pong-v5"], tmp_path, check=False)
+    assert (
+        proc.returncode == 1
+        and proc.stderr == f"{name}: error: --env-id ALE/Pong-v5 is an Atari game; use ppo_atari.py\n"
+    )
 
 
 def bad_inputs(script: str) -> list[tuple[list[str], str]]:
