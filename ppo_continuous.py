@@ -399,6 +399,8 @@ def check_args(args: Args) -> dict | None:
     with contextlib.suppress(ImportError):  # MuJoCo's warnings to Python's, not appended to ./MUJOCO_LOG.TXT
         mujoco = importlib.import_module("mujoco")
         mujoco.set_mju_user_warning(lambda message: warnings.warn(f"MuJoCo: {message}", stacklevel=2))
+    if args.env_id.startswith("ALE/") or "NoFrameskip" in args.env_id:  # registered only once ale_py is imported
+        raise ValueError(f"--env-id {args.env_id} is an Atari game; use ppo_atari.py")
     try:
         with warnings.catch_warnings(action="ignore"):  # a model's deprecation notes are no error
             env = gym.make(args.env_id)
@@ -406,8 +408,6 @@ def check_args(args: Args) -> dict | None:
         fix = "pip install Box2D==2.3.10" if "box2d" in gym.spec(args.env_id).entry_point else e
         raise ValueError(f"--env-id {args.env_id} needs a package that is not installed: {fix}") from None
     except gym.error.Error as e:
-        if args.env_id.startswith("ALE/") or "NoFrameskip" in args.env_id:  # ale_py, not imported here, registers them
-            raise ValueError(f"--env-id {args.env_id} is an Atari game; use ppo_atari.py") from None
         raise ValueError(f"unknown --env-id {args.env_id!r} ({e}); pass a gymnasium id such as Hopper-v5") from None
     env.close()
     obs_shape, action_space = getattr(env.observation_space, "shape", None) or (), env.action_space

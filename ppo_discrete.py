@@ -362,14 +362,14 @@ def check_args(args: Args) -> dict | None:
     for holds, problem in relations:
         if not holds:
             raise ValueError(problem)
+    if args.env_id.startswith("ALE/") or "NoFrameskip" in args.env_id:  # registered only once ale_py is imported
+        raise ValueError(f"--env-id {args.env_id} is an Atari game; use ppo_atari.py")
     try:
         env = gym.make(args.env_id)
     except gym.error.DependencyNotInstalled as e:  # gymnasium's own hint for Box2D builds box2d-py from source
         fix = "pip install Box2D==2.3.10" if "box2d" in gym.spec(args.env_id).entry_point else e
         raise ValueError(f"--env-id {args.env_id} needs a package that is not installed: {fix}") from None
     except gym.error.Error as e:
-        if args.env_id.startswith("ALE/") or "NoFrameskip" in args.env_id:  # ale_py, not imported here, registers them
-            raise ValueError(f"--env-id {args.env_id} is an Atari game; use ppo_atari.py") from None
         raise ValueError(f"unknown --env-id {args.env_id!r} ({e}); pass a gymnasium id such as CartPole-v1") from None
     env.close()
     obs_shape, action_space = getattr(env.observation_space, "shape", None) or (), env.action_space

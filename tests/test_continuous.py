@@ -3,6 +3,7 @@ reward normalization (shared by the envs, checkpointed, frozen in evaluation), i
 
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -194,8 +195,10 @@ def test_episode_statistics_record_raw_rewards_while_training_sees_scaled_ones(p
     assert np.max(np.abs(scaled)) <= 10.0 and not np.allclose(scaled, np.round(scaled))
 
 
-def test_checkpoint_holds_the_statistics_and_resume_continues_them(ppo, trained):
+def test_checkpoint_holds_the_statistics_and_resume_continues_them(ppo, trained, tmp_path):
     cwd, path = trained
+    shutil.copytree(cwd, tmp_path, dirs_exist_ok=True)  # the resumed run rewrites its checkpoint
+    cwd, path = str(tmp_path), os.path.join(tmp_path, os.path.relpath(path, cwd))
     first = torch.load(path, weights_only=True)
     obs_state, return_state = first["normalization"]["obs_rms"], first["normalization"]["return_rms"]
     assert obs_state["mean"].shape == (4,) and obs_state["var"].shape == (4,) and return_state["mean"].shape == ()
@@ -203,8 +206,7 @@ def test_checkpoint_holds_the_statistics_and_resume_continues_them(ppo, trained)
     assert obs_state["count"] > 128 and return_state["count"] == pytest.approx(1e-4 + 128)
     assert (obs_state["var"] != 1).all() and return_state["var"] != 1
     run_script(SCRIPT, [*TINY, "--num-envs", "2", "--total-timesteps", "256", "--save-model", "--resume", path], cwd)
-    (resumed_dir,) = [d for d in run_dirs(cwd) if not path.startswith(d)]
-    resumed = torch.load(os.path.join(resumed_dir, "ppo_continuous.pt"), weights_only=True)
+    resumed = torch.load(path, weights_only=True)
     # the resumed run went on counting from the checkpoint's statistics, not from scratch
     assert resumed["normalization"]["return_rms"]["count"] == pytest.approx(1e-4 + 256)
     assert resumed["normalization"]["obs_rms"]["count"] > obs_state["count"] + 128

@@ -118,19 +118,22 @@ def test_killed_run_resumes_from_its_last_periodic_checkpoint_in_one_curve(scrip
     assert (resumed["iteration"], resumed["global_step"]) == (saved["iteration"] + 2, total)
 
 
-def test_resuming_the_same_checkpoint_twice_logs_the_same_values(script, trained, tmp_path):
+def test_resuming_the_same_checkpoint_twice_logs_the_same_values_and_the_saved_rng_is_used(script, trained, tmp_path):
     cwd, run_dir, path, _ = trained
     logs = []
-    for copy in ("a", "b"):
+    for copy in ("a", "b", "other_rng"):
         shutil.copytree(cwd, tmp_path / copy)
         copied = str(tmp_path / copy / os.path.relpath(path, cwd))
-        total = 2 * torch.load(copied, weights_only=True)["global_step"]
-        run_script(
-            script, ["--resume", copied, "--total-timesteps", str(total), "--eval-episodes", "0"], tmp_path / copy
-        )
+        checkpoint = torch.load(copied, weights_only=True)
+        if copy == "other_rng":  # the same checkpoint but for torch's RNG state
+            checkpoint["rng"] = torch.Generator().manual_seed(12345).get_state()
+            torch.save(checkpoint, copied)
+        total = str(2 * checkpoint["global_step"])
+        run_script(script, ["--resume", copied, "--total-timesteps", total, "--eval-episodes", "0"], tmp_path / copy)
         (resumed_dir,) = run_dirs(tmp_path / copy)
         logs.append({tag: values for tag, values in scalars(resumed_dir).items() if tag != "charts/SPS"})
     assert logs[0] == logs[1]
+    assert logs[0]["losses/value_loss"] != logs[2]["losses/value_loss"]
 
 
 def test_checkpoint_that_does_not_fit_the_arguments_is_named(script, trained, monkeypatch, tmp_path_factory, tmp_path):
