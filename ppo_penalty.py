@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, fields
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import tyro
 from torch.utils.tensorboard import SummaryWriter
@@ -193,30 +194,42 @@ def value_loss(newvalue, oldvalue, returns, clip_coef: float, clip_vloss: bool) 
 
 # ---- main ----
 def main(args: Args) -> None:
+    # under torchrun, one process per rank steps num_envs / world_size envs; ranks average their gradients
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     try:
         checkpoint = check_args(args)
     except ValueError as e:
-        sys.exit(f"{os.path.basename(__file__)}: error: {e}")
+        sys.exit(f"{os.path.basename(__file__)}: error: {e}" if rank == 0 else 1)  # said once, by rank 0
     run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
     if args.resume:  # continue its TensorBoard run; purge_step drops what was logged after it (before a crash)
         run_name = checkpoint["run_name"]
-    writer = SummaryWriter(f"runs/{run_name}", purge_step=checkpoint["global_step"] + 1 if args.resume else None)
+    purge_step = checkpoint["global_step"] + 1 if args.resume else None
+    writer = SummaryWriter(f"runs/{run_name}", purge_step=purge_step) if rank == 0 else None  # rank 0 logs
     hyperparameters = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
-    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{hyperparameters}")
+    if rank == 0:
+        writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{hyperparameters}")
 
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    random.seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+    torch.manual_seed(args.seed + rank)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     torch.set_num_threads(args.num_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    cuda = torch.cuda.is_available() and args.cuda
+    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if cuda else "cpu")
+    if world_size > 1:
+        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
+    num_envs = args.num_envs // world_size  # this rank's share of the envs and of each (mini)batch
+    batch_size, minibatch_size = args.batch_size // world_size, args.minibatch_size // world_size
 
-    envs = make_envs(args.env_id, args.num_envs, args.capture_video, run_name)
+    envs = make_envs(args.env_id, num_envs, args.capture_video and rank == 0, run_name)
     agent = Agent(envs.single_observation_space.shape[0], envs.single_action_space.n).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # eps of baselines
     start_iteration, global_step, kl_coef = 1, 0, args.kl_coef
     if checkpoint is not None:
         agent.load_state_dict(checkpoint["model"])
+    if world_size > 1:  # every rank starts from rank 0's weights
+        for p in agent.parameters():
+            dist.broadcast(p.detach(), src=0)
     if args.eval_checkpoint:
         envs.close()
         evaluate(agent, args, writer, device)
@@ -228,23 +241,26 @@ def main(args: Args) -> None:
         torch.set_rng_state(checkpoint["rng"])
         if device.type == "cuda" and checkpoint["cuda_rng"] is not None:
             torch.cuda.set_rng_state(checkpoint["cuda_rng"], device)
+        if rank > 0:  # the checkpoint holds rank 0's generator; the others draw new streams
+            torch.manual_seed(args.seed + rank + global_step)
         kl_coef = checkpoint["kl_coef"]
 
     # storage, in numpy (a row costs a tenth of a torch write); dones[t]: obs[t] is an episode's first obs
-    obs = np.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=np.float32)
-    actions = np.zeros((args.num_steps, args.num_envs), dtype=np.int64)
-    logprobs, rewards, dones = (np.zeros((args.num_steps, args.num_envs), dtype=np.float32) for _ in range(3))
+    obs = np.zeros((args.num_steps, num_envs) + envs.single_observation_space.shape, dtype=np.float32)
+    actions = np.zeros((args.num_steps, num_envs), dtype=np.int64)
+    logprobs, rewards, dones = (np.zeros((args.num_steps, num_envs), dtype=np.float32) for _ in range(3))
 
     stop = handle_stop_signals()
     start_time = last_print = last_save = time.time()
     model_path = f"runs/{run_name}/{args.exp_name}.pt"
     start_step, iteration = global_step, start_iteration - 1
-    next_obs, _ = envs.reset(seed=args.seed + global_step)
-    next_done = np.zeros(args.num_envs, dtype=np.float32)
+    next_obs, _ = envs.reset(seed=args.seed + global_step + rank * num_envs)
+    next_done = np.zeros(num_envs, dtype=np.float32)
     try:
         for iteration in range(start_iteration, args.num_iterations + 1):
             frac = 1.0 - (iteration - 1.0) / args.num_iterations if args.anneal_lr else 1.0
             optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+            episodes = []  # (global_step, return, length) of the episodes that end in this rollout
 
             with torch.inference_mode():
                 for step in range(0, args.num_steps):
@@ -265,8 +281,7 @@ def main(args: Args) -> None:
                     next_done = terminations | truncations
                     if "episode" in infos:
                         for i in np.flatnonzero(infos["_episode"]):
-                            writer.add_scalar("charts/episodic_return", infos["episode"]["r"][i], global_step)
-                            writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)
+                            episodes.append((global_step, infos["episode"]["r"][i], infos["episode"]["l"][i]))
 
                 values = agent.get_value(torch.as_tensor(obs, device=device).flatten(0, 1))  # (T·N, 1)
                 values = values.cpu().numpy().reshape(dones.shape)
@@ -287,9 +302,9 @@ def main(args: Args) -> None:
                 b_oldlogp = agent.get_log_policy(b_obs)
             update_stats = {}  # name -> its value in each minibatch, averaged when logged
             for epoch in range(args.update_epochs):
-                b_inds = torch.randperm(args.batch_size, device=device)
-                for start in range(0, args.batch_size, args.minibatch_size):
-                    end = start + args.minibatch_size
+                b_inds = torch.randperm(batch_size, device=device)
+                for start in range(0, batch_size, minibatch_size):
+                    end = start + minibatch_size
                     mb_inds = b_inds[start:end]
                     _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
                     logratio = newlogprob - b_logprobs[mb_inds]
@@ -313,6 +328,9 @@ def main(args: Args) -> None:
 
                     optimizer.zero_grad()
                     loss.backward()
+                    if world_size > 1:  # the mean gradient over the ranks' minibatches: the same step on every rank
+                        for p in agent.parameters():
+                            dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
                     nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
                     optimizer.step()
                     stats = dict(policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss, clipfrac=clipfrac)
@@ -320,45 +338,66 @@ def main(args: Args) -> None:
                     for name, value in stats.items():
                         update_stats.setdefault(name, []).append(value.item())
 
+                if world_size > 1 and args.target_kl is not None:  # every rank stops its epochs together
+                    dist.all_reduce(approx_kl, op=dist.ReduceOp.AVG)
                 if args.target_kl is not None and approx_kl > args.target_kl:
                     break
 
-            sps = int((global_step - start_step) / (time.time() - start_time))
-            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-            for name, per_minibatch in update_stats.items():
-                writer.add_scalar(f"losses/{name}", np.mean(per_minibatch), global_step)
-            var_y = np.var(returns)
-            explained_var = np.nan if var_y == 0 else 1 - np.var(returns - values) / var_y
-            writer.add_scalar("losses/explained_variance", explained_var, global_step)
-            writer.add_scalar("charts/SPS", sps, global_step)
+            if world_size > 1:  # every rank's finished episodes reach rank 0's log
+                gathered = [None] * world_size
+                dist.all_gather_object(gathered, episodes)
+                episodes = sorted(episode for rank_episodes in gathered for episode in rank_episodes)
             with torch.no_grad():  # d, on the whole batch after the update's epochs
-                kl = categorical_kl(b_oldlogp, agent.get_log_policy(b_obs)).mean().item()
-            writer.add_scalar("losses/kl_coef", kl_coef, global_step)
-            writer.add_scalar("losses/kl", kl, global_step)
+                kl = categorical_kl(b_oldlogp, agent.get_log_policy(b_obs)).mean()
+            if world_size > 1:  # d over every rank's batch: β stays the same on every rank
+                dist.all_reduce(kl, op=dist.ReduceOp.AVG)
+            kl = kl.item()
+            sps = int((global_step - start_step) / (time.time() - start_time))
+            if rank == 0:
+                for step, episodic_return, episodic_length in episodes:
+                    writer.add_scalar("charts/episodic_return", episodic_return, step)
+                    writer.add_scalar("charts/episodic_length", episodic_length, step)
+                writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+                for name, per_minibatch in update_stats.items():
+                    writer.add_scalar(f"losses/{name}", np.mean(per_minibatch), global_step)
+                var_y = np.var(returns)
+                explained_var = np.nan if var_y == 0 else 1 - np.var(returns - values) / var_y
+                writer.add_scalar("losses/explained_variance", explained_var, global_step)
+                writer.add_scalar("charts/SPS", sps, global_step)
+                writer.add_scalar("losses/kl_coef", kl_coef, global_step)
+                writer.add_scalar("losses/kl", kl, global_step)
+                last_print = print_progress(args, envs, global_step, sps, last_print)
             if args.adaptive_kl:
                 kl_coef = update_kl_coef(kl_coef, kl, args.kl_target)
-            last_print = print_progress(args, envs, global_step, sps, last_print)
             finite = all(np.isfinite(v).all() for v in update_stats.values())
             finite = finite and all(p.isfinite().all() for p in agent.parameters())
             if not finite:  # stop before saving: the last checkpoint written keeps the last good weights
                 problem = f"iteration {iteration}: a loss or weight is nan or inf"
                 sys.exit(f"{os.path.basename(__file__)}: error: {problem}; lower --learning-rate or --max-grad-norm")
-            stopping, last = stop["signal"] is not None, iteration == args.num_iterations
-            if args.save_model and (stopping or last or time.time() - last_save > 60 * args.checkpoint_minutes):
+            if world_size > 1:  # every rank stops after the same iteration
+                agreed = torch.tensor(stop["signal"] or 0, device=device)
+                dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+                stop["signal"] = agreed.item() or None
+            stopping = stop["signal"] is not None
+            due = stopping or iteration == args.num_iterations or time.time() - last_save > 60 * args.checkpoint_minutes
+            if rank == 0 and args.save_model and due:
                 save_checkpoint(model_path, agent, optimizer, args, iteration, global_step, kl_coef=kl_coef)
                 last_save = time.time()
             if stopping:
                 break
 
-        if args.save_model:
+        if rank == 0 and args.save_model:
             print(f"\nmodel saved to {model_path}")
-        if stop["signal"] is None and args.eval_episodes > 0:
+        if rank == 0 and stop["signal"] is None and args.eval_episodes > 0:
             evaluate(agent, args, writer, device)
     except KeyboardInterrupt:  # a second Ctrl-C: abort now; the last checkpoint written stays as it was
         pass
     finally:
         envs.close()
-        writer.close()
+        if rank == 0:
+            writer.close()
+        if world_size > 1:
+            dist.destroy_process_group()
     if stop["signal"] is not None:
         sys.exit(128 + stop["signal"])
 
@@ -385,10 +424,13 @@ def check_args(args: Args) -> dict | None:
     evaluation = {"exp_name", "seed", "torch_deterministic", "cuda", "num_threads", "env_id"}
     evaluation |= {"eval_checkpoint", "eval_episodes", "eval_deterministic"}
     ignored = " ".join("--" + name.replace("_", "-") for name in sorted(command_line_fields() - evaluation))
-    b = args.batch_size
+    b, world_size = args.batch_size, int(os.environ.get("WORLD_SIZE", 1))  # torchrun sets WORLD_SIZE
     relations = [  # (holds, what is wrong and how to fix it)
         (b % args.num_minibatches == 0, f"--num-minibatches must divide the batch size num_envs*num_steps = {b}"),
-        (args.minibatch_size > 1 or not args.norm_adv, "--norm-adv needs minibatches of 2 or more samples"),
+        (args.minibatch_size > world_size or not args.norm_adv, "--norm-adv needs minibatches of 2 or more samples"),
+        (args.num_envs % world_size == 0, f"--num-envs must divide by the {world_size} torchrun processes"),
+        (args.minibatch_size % world_size == 0, f"the minibatch size must divide by the {world_size} processes"),
+        (world_size == 1 or not args.eval_checkpoint, "--eval-checkpoint runs in one process, without torchrun"),
         (args.total_timesteps >= b or args.eval_checkpoint, f"--total-timesteps is smaller than one batch ({b} steps)"),
         (args.eval_episodes > 0 or not args.eval_checkpoint, "--eval-checkpoint needs --eval-episodes 1 or more"),
         (not (args.eval_checkpoint and ignored), f"--eval-checkpoint does not use {ignored}; drop it"),
@@ -495,8 +537,10 @@ def handle_stop_signals() -> dict:
     stop = {"signal": None}
 
     def request_stop(signum, frame):
-        if stop["signal"] is not None:
+        if stop["signal"] == signal.SIGINT == signum:
             raise KeyboardInterrupt
+        if stop["signal"] is not None:  # e.g. torchrun's SIGTERM after the Ctrl-C that reached every process
+            return
         stop["signal"] = signum
         print(f"\n{signal.Signals(signum).name}: stopping after this iteration (Ctrl-C again to abort)", flush=True)
 
