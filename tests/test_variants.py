@@ -15,17 +15,17 @@ ENV_AND_NETWORK = {"docstring", "imports", "Args", "check_args", "make_env", "ma
 ALLOWED = {
     "ppo_penalty.py": (
         {"docstring", "Args", "Agent", "check_args", "categorical_kl", "policy_loss", "update_kl_coef", "main"},
-        70,
+        71,  # 70 before torchrun: d is averaged over the processes
     ),
-    "ppo_continuous.py": (ENV_AND_NETWORK, 120),
+    "ppo_continuous.py": (ENV_AND_NETWORK, 125),  # 120 before torchrun: the normalization is averaged too
     # RecordVideoEnv0 records the screen, which ale-py's vector env cannot render. "A lean reference" set 130
     # lines; the Nature CNN, the preprocessing with each id's protocol, the Atari-only env checks and the RGB
     # video recorder take 178 here (difflib; `diff` prints 174)
     "ppo_atari.py": (ENV_AND_NETWORK | {"RecordVideoEnv0"}, 178),
 }
-# "A lean reference" set 450 for ppo_discrete.py; crash-safe checkpoints, self-describing resume and the
-# env hints ("Runs that survive crashes") took 34 more
-SIZE = {"ppo_discrete.py": 484, "ppo_penalty.py": 540, "ppo_continuous.py": 540, "ppo_atari.py": 540}
+# "A lean reference" set 450 for ppo_discrete.py and 540 for the others; crash-safe checkpoints,
+# self-describing resume and the env hints took 34 lines more, torchrun 41
+SIZE = {"ppo_discrete.py": 525, "ppo_penalty.py": 580, "ppo_continuous.py": 580, "ppo_atari.py": 580}
 VARIANTS = sorted(set(ALLOWED) & set(SCRIPTS))
 
 
