@@ -329,8 +329,11 @@ def main(args: Args) -> None:
                     optimizer.zero_grad()
                     loss.backward()
                     if world_size > 1:  # the mean gradient over the ranks' minibatches: the same step on every rank
-                        for p in agent.parameters():
-                            dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
+                        grads = [p.grad for p in agent.parameters()]
+                        flat = torch.cat([g.flatten() for g in grads])  # one all-reduce: each costs ~2 ms on gloo
+                        dist.all_reduce(flat, op=dist.ReduceOp.AVG)
+                        for g, averaged in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+                            g.copy_(averaged.view_as(g))
                     nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
                     optimizer.step()
                     stats = dict(policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss, clipfrac=clipfrac)

@@ -7,7 +7,7 @@ Each repeat runs the script once alone and once under `torchrun --standalone --n
 (which splits --num-envs and each minibatch between the two processes) and reads the last charts/SPS
 each run logs (all processes' steps over the wall time of the training loop). The all-reduce is timed
 on the script's own Agent, built for the env, in two gloo processes: the mean over --allreduce-calls
-of the per-parameter all-reduce the script does after each backward pass. One row per call is
+of the all-reduce of the whole flattened gradient the script does after each backward pass. One row per call is
 appended to --out.
 """
 
@@ -62,18 +62,16 @@ def time_allreduce(script: str, env_id: str, calls: int) -> None:
     space = envs.single_action_space
     agent = ppo.Agent(envs.single_observation_space.shape[0], space.n if hasattr(space, "n") else space.shape[0])
     envs.close()
-    grads = [torch.randn_like(p) for p in agent.parameters()]
+    flat = torch.cat([torch.randn_like(p).flatten() for p in agent.parameters()])  # as the script sends it
     for _ in range(10):  # warm-up
-        for g in grads:
-            dist.all_reduce(g, op=dist.ReduceOp.AVG)
+        dist.all_reduce(flat, op=dist.ReduceOp.AVG)
     dist.barrier()
     start = time.perf_counter()
     for _ in range(calls):
-        for g in grads:
-            dist.all_reduce(g, op=dist.ReduceOp.AVG)
+        dist.all_reduce(flat, op=dist.ReduceOp.AVG)
     seconds = (time.perf_counter() - start) / calls
     if dist.get_rank() == 0:
-        print(f"ALLREDUCE {seconds} {sum(g.numel() for g in grads)}")
+        print(f"ALLREDUCE {seconds} {flat.numel()}")
     dist.destroy_process_group()
 
 
@@ -95,7 +93,17 @@ def main() -> None:
         one.append(trained_sps([sys.executable], args.script, run_args))
         two.append(trained_sps(TORCHRUN, args.script, run_args))
         print(f"repeat {repeat + 1}: 1 process {one[-1]:.0f} SPS, 2 processes {two[-1]:.0f} SPS", flush=True)
-    cmd = [*TORCHRUN, __file__, "--time-allreduce", "--script", args.script, "--env-id", args.env_id]
+    cmd = [
+        *TORCHRUN,
+        __file__,
+        "--time-allreduce",
+        "--script",
+        args.script,
+        "--env-id",
+        args.env_id,
+        "--total-timesteps",
+        "0",
+    ]
     proc = subprocess.run([*cmd, "--allreduce-calls", str(args.allreduce_calls)], capture_output=True, text=True)
     (line,) = [line for line in proc.stdout.splitlines() if line.startswith("ALLREDUCE")] or [None]
     if line is None:
