@@ -55,7 +55,7 @@ def test_two_processes_train_one_model_into_one_run(script, tmp_path):
     assert "eval: return" in proc.stdout
 
 
-def test_sigterm_to_torchrun_stops_both_processes_after_the_same_iteration(tmp_path):
+def test_sigterm_to_torchrun_stops_both_processes_after_the_same_iteration_and_resume_continues(tmp_path):
     script = "ppo_discrete.py"
     args = [*two_process_args(script), "--total-timesteps", "100000000", "--save-model", "--eval-episodes", "0"]
     proc = torchrun(script, args, tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -75,6 +75,18 @@ def test_sigterm_to_torchrun_stops_both_processes_after_the_same_iteration(tmp_p
     assert checkpoint["global_step"] == scalars(run_dir)["charts/learning_rate"][-1][0]
     assert same_weights(checkpoint["model"], rank0["model"])
     assert not glob.glob(os.path.join(run_dir, "*.tmp"))
+    # --resume under torchrun: two more iterations, in the same run folder
+    batch_size = checkpoint["global_step"] // checkpoint["iteration"]
+    total = str(checkpoint["global_step"] + 2 * batch_size)
+    path = os.path.join(run_dir, "ppo_discrete.pt")
+    proc = torchrun(script, ["--resume", path, "--total-timesteps", total], tmp_path, stderr=subprocess.PIPE)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert run_dirs(tmp_path) == [run_dir]
+    assert scalars(run_dir)["charts/learning_rate"][-1][0] == int(total)
+    rank0, rank1 = kept(tmp_path)
+    assert same_weights(rank0["model"], rank1["model"])
+    assert torch.load(path, weights_only=True)["global_step"] == int(total)
 
 
 def test_a_bad_argument_under_torchrun_is_said_once_and_nothing_is_written(tmp_path):
