@@ -229,6 +229,7 @@ def main(args: Args) -> None:
     run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
     if args.resume:  # continue its TensorBoard run; purge_step drops what was logged after it (before a crash)
         run_name = checkpoint["run_name"]
+    video_folder = f"{run_name}/from-step-{checkpoint['global_step']}" if args.resume else run_name  # none overwritten
     purge_step = checkpoint["global_step"] + 1 if args.resume else None
     writer = SummaryWriter(f"runs/{run_name}", purge_step=purge_step) if rank == 0 else None  # rank 0 logs
     hyperparameters = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
@@ -242,12 +243,14 @@ def main(args: Args) -> None:
     torch.set_num_threads(args.num_threads)
     cuda = torch.cuda.is_available() and args.cuda
     device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)  # the device of all_gather_object and of NCCL's collectives
     if world_size > 1:
         dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
     num_envs = args.num_envs // world_size  # this rank's share of the envs and of each (mini)batch
     batch_size, minibatch_size = args.batch_size // world_size, args.minibatch_size // world_size
 
-    envs = make_envs(args.env_id, num_envs, args.capture_video and rank == 0, run_name)
+    envs = make_envs(args.env_id, num_envs, args.capture_video and rank == 0, video_folder)
     agent = Agent(envs.single_observation_space.shape[0], envs.single_action_space.n).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # eps of baselines
     start_iteration, global_step = 1, 0
@@ -392,14 +395,18 @@ def main(args: Args) -> None:
                 last_print = print_progress(args, envs, global_step, sps, last_print)
             finite = all(np.isfinite(v).all() for v in update_stats.values())
             finite = finite and all(p.isfinite().all() for p in agent.parameters())
+            signum = stop["signal"] or 0
+            if world_size > 1:  # every rank stops after the same iteration, for the same reason
+                agreed = torch.tensor([signum, not finite], device=device)
+                dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+                signum, finite = int(agreed[0]), not agreed[1]
             if not finite:  # stop before saving: the last checkpoint written keeps the last good weights
                 problem = f"iteration {iteration}: a loss or weight is nan or inf"
-                sys.exit(f"{os.path.basename(__file__)}: error: {problem}; lower --learning-rate or --max-grad-norm")
-            if world_size > 1:  # every rank stops after the same iteration
-                agreed = torch.tensor(stop["signal"] or 0, device=device)
-                dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
-                stop["signal"] = agreed.item() or None
-            stopping = stop["signal"] is not None
+                message = f"{os.path.basename(__file__)}: error: {problem}; lower --learning-rate or --max-grad-norm"
+                sys.exit(message if rank == 0 else 1)
+            if signum:  # a signal that arrives after this point stops the next iteration
+                stop["signal"] = signum
+            stopping = signum != 0
             due = stopping or iteration == args.num_iterations or time.time() - last_save > 60 * args.checkpoint_minutes
             if rank == 0 and args.save_model and due:
                 save_checkpoint(model_path, agent, optimizer, args, iteration, global_step)
