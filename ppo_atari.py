@@ -449,7 +449,7 @@ def check_args(args: Args) -> dict | None:
     # what --eval-checkpoint reads; any other argument given with it would be silently ignored
     evaluation = {"exp_name", "seed", "torch_deterministic", "cuda", "num_threads", "env_id"}
     evaluation |= {"eval_checkpoint", "eval_episodes", "eval_deterministic"}
-    ignored = " ".join("--" + name.replace("_", "-") for name in sorted(command_line_fields() - evaluation))
+    ignored = " ".join("--" + name.replace("_", "-") for name in sorted(command_line_fields(args) - evaluation))
     b, world_size = args.batch_size, int(os.environ.get("WORLD_SIZE", 1))  # torchrun sets WORLD_SIZE
     relations = [  # (holds, what is wrong and how to fix it)
         (b % args.num_minibatches == 0, f"--num-minibatches must divide the batch size num_envs*num_steps = {b}"),
@@ -495,7 +495,7 @@ def load_checkpoint(args: Args) -> dict:
     owner = checkpoint.get("script") if isinstance(checkpoint, dict) else None
     if owner != script:
         raise ValueError(f"{path!r} is not a checkpoint of {script} (written by: {owner}); {fix}")
-    trained, given = checkpoint["args"], command_line_fields()
+    trained, given = checkpoint["args"], command_line_fields(args)
     free = {"exp_name", "torch_deterministic", "cuda", "num_threads", "capture_video", "save_model"}
     free |= {"checkpoint_minutes", "eval_episodes", "eval_deterministic", "total_timesteps"}
     names = ["env_id"] if args.eval_checkpoint else [f.name for f in fields(args) if f.name != "resume"]
@@ -525,8 +525,11 @@ def save_checkpoint(path, agent: nn.Module, optimizer, args: Args, iteration: in
     os.replace(path + ".tmp", path)  # a kill mid-save never leaves a half-written checkpoint
 
 
-def command_line_fields() -> set[str]:
-    """The Args fields named on the command line: tyro's result does not tell a default from a given value."""
+def command_line_fields(args: Args) -> set[str]:
+    """The Args fields named on the command line: tyro's result does not tell a default from a given value.
+    Called from Python (main(Args(...)) in another program), the fields that differ from their defaults."""
+    if os.path.basename(sys.argv[0]) != os.path.basename(__file__):
+        return {f.name for f in fields(args) if getattr(args, f.name) != f.default}
     flags = {arg[2:].split("=")[0].replace("-", "_") for arg in sys.argv[1:] if arg.startswith("--")}
     return {f.name for f in fields(Args) if f.name in flags or "no_" + f.name in flags}
 

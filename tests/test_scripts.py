@@ -162,6 +162,18 @@ def test_checkpoint_that_does_not_fit_the_arguments_is_named(script, trained, mo
     assert os.listdir(tmp_path) == []
 
 
+def test_from_python_the_arguments_that_differ_from_the_defaults_count_as_given(script, trained, monkeypatch):
+    _, _, path, _ = trained
+    ppo, saved = load_script(script), torch.load(path, weights_only=True)["args"]
+    monkeypatch.setattr(sys, "argv", ["my_research.py", "--seed", "7"])  # another program's command line
+    args = ppo.Args(resume=path, total_timesteps=12_345_678)  # main(Args(...)) called from that program
+    ppo.check_args(args)
+    assert (args.env_id, args.num_steps, args.seed) == (saved["env_id"], saved["num_steps"], saved["seed"])
+    assert args.total_timesteps == 12_345_678
+    with pytest.raises(ValueError, match="--num-steps 16 conflicts with"):
+        ppo.check_args(ppo.Args(resume=path, total_timesteps=12_345_678, num_steps=16))
+
+
 def test_eval_checkpoint_evaluates_without_training(script, trained, tmp_path):
     _, _, path, _ = trained
     args = ["--eval-checkpoint", path, "--eval-episodes", "2"]  # the env id comes from the checkpoint
