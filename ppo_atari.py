@@ -360,7 +360,7 @@ def main(args: Args) -> None:
                     loss.backward()
                     if world_size > 1:  # the mean gradient over the ranks' minibatches: the same step on every rank
                         grads = [p.grad for p in agent.parameters()]
-                        flat = torch.cat([g.flatten() for g in grads])  # one all-reduce: each costs ~2 ms on gloo
+                        flat = torch.cat([g.flatten() for g in grads])  # one all-reduce: each call pays a fixed latency
                         dist.all_reduce(flat, op=dist.ReduceOp.AVG)
                         for g, averaged in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
                             g.copy_(averaged.view_as(g))
