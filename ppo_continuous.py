@@ -389,11 +389,11 @@ def main(args: Args) -> None:
             stopping = signum != 0
             due = stopping or iteration == args.num_iterations or time.time() - last_save > 60 * args.checkpoint_minutes
             if rank == 0 and args.save_model and due:
-                normalization = {  # the statistics are part of the model; tensors, for weights-only loading
+                rms_state = {  # the statistics are part of the model; tensors, for weights-only loading
                     name: {"mean": torch.tensor(rms.mean), "var": torch.tensor(rms.var), "count": float(rms.count)}
                     for name, rms in (("obs_rms", envs.obs_rms), ("return_rms", envs.return_rms))
                 }
-                save_checkpoint(model_path, agent, optimizer, args, iteration, global_step, normalization=normalization)
+                save_checkpoint(model_path, agent, optimizer, args, iteration, global_step, normalization=rms_state)
                 last_save = time.time()
             if stopping:
                 break

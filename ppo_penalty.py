@@ -227,7 +227,8 @@ def main(args: Args) -> None:
     envs = make_envs(args.env_id, num_envs, args.capture_video and rank == 0, video_folder)
     agent = Agent(envs.single_observation_space.shape[0], envs.single_action_space.n).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # eps of baselines
-    start_iteration, global_step, kl_coef = 1, 0, args.kl_coef
+    start_iteration, global_step = 1, 0
+    kl_coef = args.kl_coef  # β, adapted after each update unless --no-adaptive-kl
     if checkpoint is not None:
         agent.load_state_dict(checkpoint["model"])
     if world_size > 1:  # every rank starts from rank 0's weights
@@ -357,7 +358,6 @@ def main(args: Args) -> None:
                 kl = categorical_kl(b_oldlogp, agent.get_log_policy(b_obs)).mean()
             if world_size > 1:  # d over every rank's batch: β stays the same on every rank
                 dist.all_reduce(kl, op=dist.ReduceOp.AVG)
-            kl = kl.item()
             sps = int((global_step - start_step) / (time.time() - start_time))
             if rank == 0:
                 for step, episodic_return, episodic_length in episodes:
@@ -371,10 +371,10 @@ def main(args: Args) -> None:
                 writer.add_scalar("losses/explained_variance", explained_var, global_step)
                 writer.add_scalar("charts/SPS", sps, global_step)
                 writer.add_scalar("losses/kl_coef", kl_coef, global_step)
-                writer.add_scalar("losses/kl", kl, global_step)
+                writer.add_scalar("losses/kl", kl.item(), global_step)
                 last_print = print_progress(args, envs, global_step, sps, last_print)
             if args.adaptive_kl:
-                kl_coef = update_kl_coef(kl_coef, kl, args.kl_target)
+                kl_coef = update_kl_coef(kl_coef, kl.item(), args.kl_target)
             finite = all(np.isfinite(v).all() for v in update_stats.values())
             finite = finite and all(p.isfinite().all() for p in agent.parameters())
             signum = stop["signal"] or 0

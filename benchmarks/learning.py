@@ -182,6 +182,8 @@ def main() -> None:
                     continue
                 workdir = args.out / "raw"
                 rows.append(run_one(label, script, extra, env_id, seed, args.total_timesteps, args.threshold, workdir))
+                done[key] = rows[-1]  # saved after every run: an interrupted benchmark continues with --reuse
+                (args.out / "results.json").write_text(json.dumps({"command": command, "rows": list(done.values())}))
     (args.out / "results.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
     write_table(rows, args, command, args.out)
     plot_curves(rows, args, args.out)
