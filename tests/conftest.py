@@ -16,16 +16,18 @@ CLASSIC_CONTROL = {
     "tiny": ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "256", "--eval-episodes", "2"],
     "wrong_env": ("Pendulum-v1", "ppo_continuous.py"),
 }
+MUJOCO = {
+    "env_id": "InvertedPendulum-v5",
+    "tiny": ["--num-steps", "64", "--num-minibatches", "4", "--total-timesteps", "256", "--eval-episodes", "2"],
+    "wrong_env": ("CartPole-v1", "ppo_discrete.py"),
+}
 # Per script: the env it trains on in the tests, the arguments of a run that takes seconds, and an
 # env whose action space it refuses with the script to use instead.
 SCRIPTS = {
     "ppo_discrete.py": CLASSIC_CONTROL,
     "ppo_penalty.py": CLASSIC_CONTROL,
-    "ppo_continuous.py": {
-        "env_id": "InvertedPendulum-v5",
-        "tiny": ["--num-steps", "64", "--num-minibatches", "4", "--total-timesteps", "256", "--eval-episodes", "2"],
-        "wrong_env": ("CartPole-v1", "ppo_discrete.py"),
-    },
+    "ppo_continuous.py": MUJOCO,
+    "ppo_penalty_continuous.py": MUJOCO,
     "ppo_atari.py": {
         "env_id": "BreakoutNoFrameskip-v4",
         # 256 steps per env: an untrained policy ends a game of Breakout in about 170-250 steps

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import SCRIPTS, load_script
 
-CLIPPED = sorted(name for name in SCRIPTS if name != "ppo_penalty.py")
+CLIPPED = sorted(name for name in SCRIPTS if "penalty" not in name)
 
 
 @pytest.fixture
@@ -158,6 +158,7 @@ def test_layer_init_is_orthogonal_with_the_gain_and_zero_bias(ppo):
 
 MLP_CATEGORICAL = sorted(name for name in SCRIPTS if name in ("ppo_discrete.py", "ppo_penalty.py"))
 POLICY_MLP = {"ppo_discrete.py": "actor", "ppo_penalty.py": "actor", "ppo_continuous.py": "actor_mean"}
+POLICY_MLP["ppo_penalty_continuous.py"] = "actor_mean"
 
 
 @pytest.mark.parametrize("script", sorted(set(POLICY_MLP) & set(SCRIPTS)))

@@ -1,5 +1,7 @@
 """Tests of what is specific to ppo_continuous.py: the Gaussian policy, action clipping, observation and
-reward normalization (shared by the envs, checkpointed, frozen in evaluation), its errors, and learning."""
+reward normalization (shared by the envs, checkpointed, frozen in evaluation), its errors, and learning.
+The policy and learning tests also run ppo_penalty_continuous.py, whose Agent serves the exact KL too; its
+environment is the same text (tests/test_variants.py)."""
 
 import math
 import os
@@ -23,6 +25,11 @@ TINY = ["--env-id", ENV_ID, "--num-steps", "32", "--num-minibatches", "4", "--to
 @pytest.fixture(scope="module")
 def ppo():
     return load_script(SCRIPT)
+
+
+@pytest.fixture(params=[SCRIPT, "ppo_penalty_continuous.py"])
+def gaussian(request):
+    return load_script(request.param)
 
 
 @pytest.fixture
@@ -62,9 +69,9 @@ def trained(tmp_path_factory):
 
 
 # ---- policy ----
-def test_logprob_and_entropy_are_normal_summed_over_action_dims(ppo):
+def test_logprob_and_entropy_are_normal_summed_over_action_dims(gaussian):
     torch.manual_seed(0)
-    agent = ppo.Agent(5, 3)
+    agent = gaussian.Agent(5, 3)
     with torch.no_grad():  # far from the initial N(0, 1), and a different std per dimension
         agent.actor_mean[-1].weight.mul_(100)
         agent.actor_logstd.copy_(torch.tensor([[-1.0, 0.3, 1.2]]))
@@ -77,9 +84,9 @@ def test_logprob_and_entropy_are_normal_summed_over_action_dims(ppo):
     assert logprob.shape == entropy.shape == (7,)
 
 
-def test_sampled_actions_follow_the_policy_and_are_scored_as_sampled(ppo):
+def test_sampled_actions_follow_the_policy_and_are_scored_as_sampled(gaussian):
     torch.manual_seed(0)
-    agent = ppo.Agent(5, 2)
+    agent = gaussian.Agent(5, 2)
     with torch.no_grad():
         agent.actor_logstd.copy_(torch.tensor([[-0.5, 0.7]]))
     x = torch.randn(1, 5).expand(50000, -1)
@@ -90,9 +97,9 @@ def test_sampled_actions_follow_the_policy_and_are_scored_as_sampled(ppo):
     torch.testing.assert_close(logprob, agent.get_action_and_value(x, action)[1])
 
 
-def test_log_std_starts_at_zero_and_does_not_depend_on_the_state(ppo):
+def test_log_std_starts_at_zero_and_does_not_depend_on_the_state(gaussian):
     torch.manual_seed(0)
-    agent = ppo.Agent(6, 4)
+    agent = gaussian.Agent(6, 4)
     assert agent.actor_logstd.shape == (1, 4) and (agent.actor_logstd == 0).all()
     assert agent.actor_logstd.requires_grad  # learned
     with torch.no_grad():
@@ -100,7 +107,7 @@ def test_log_std_starts_at_zero_and_does_not_depend_on_the_state(ppo):
     _, _, entropy, _ = agent.get_action_and_value(torch.randn(9, 6) * 10)
     assert torch.allclose(entropy, entropy[0].expand(9))  # the same spread in every state
     # at log σ = 0 the entropy of each dimension is that of N(0, 1)
-    _, _, entropy, _ = ppo.Agent(6, 4).get_action_and_value(torch.randn(2, 6))
+    _, _, entropy, _ = gaussian.Agent(6, 4).get_action_and_value(torch.randn(2, 6))
     torch.testing.assert_close(entropy, torch.full((2,), 4 * 0.5 * math.log(2 * math.pi * math.e)))
 
 
@@ -288,11 +295,12 @@ def test_missing_mujoco_names_the_package_to_install(tmp_path):
 
 # ---- learning ----
 @pytest.mark.learning
-def test_default_algorithm_balances_the_inverted_pendulum(tmp_path):
+@pytest.mark.parametrize("script", [SCRIPT, "ppo_penalty_continuous.py"])
+def test_default_algorithm_balances_the_inverted_pendulum(script, tmp_path):
     """Defaults but the env: a deterministic return of 1000 (the time limit) after about 30k steps
-    for seeds 1-3 here; the test asks for ≥ 900 after 40960 steps (under a minute on 2 cores)."""
+    for seeds 1-3 here, with either objective; the test asks for ≥ 900 after 40960 steps (under a minute)."""
     args = ["--env-id", ENV_ID, "--total-timesteps", "40960", "--eval-episodes", "10", "--eval-deterministic"]
-    run_script(SCRIPT, [*args, "--seed", "1"], tmp_path, timeout=600)
+    run_script(script, [*args, "--seed", "1"], tmp_path, timeout=600)
     (run_dir,) = run_dirs(tmp_path)
     logged = scalars(run_dir)
     returns = [value for _, value in logged["eval/episodic_return"]]

@@ -287,6 +287,7 @@ def test_non_finite_weights_stop_with_one_line_and_keep_the_last_checkpoint(scri
         ("ppo_discrete.py", "LunarLander-v3"),
         ("ppo_penalty.py", "LunarLander-v3"),
         ("ppo_continuous.py", "BipedalWalker-v3"),
+        ("ppo_penalty_continuous.py", "BipedalWalker-v3"),
     ],
 )
 def test_box2d_tasks_run_after_the_install_command_and_a_missing_box2d_names_its_fix(name, env_id, monkeypatch):
@@ -299,7 +300,7 @@ def test_box2d_tasks_run_after_the_install_command_and_a_missing_box2d_names_its
     assert message.endswith("needs a package that is not installed: pip install Box2D==2.3.10"), message
 
 
-@pytest.mark.parametrize("name", ["ppo_discrete.py", "ppo_penalty.py", "ppo_continuous.py"])
+@pytest.mark.parametrize("name", sorted(name for name in SCRIPTS if name != "ppo_atari.py"))
 def test_an_atari_id_names_the_script_that_trains_on_it(name, tmp_path):
     # in a fresh process the ids are unknown (ale_py registers them on import); here they may be registered
     for env_id in ("ALE/Pong-v5", "PongNoFrameskip-v4"):
