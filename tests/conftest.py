@@ -31,7 +31,9 @@ SCRIPTS = {
     "ppo_atari.py": {
         "env_id": "BreakoutNoFrameskip-v4",
         # 256 steps per env: an untrained policy ends a game of Breakout in about 170-250 steps
-        "tiny": ["--num-envs", "2", "--num-steps", "64", "--total-timesteps", "512", "--eval-episodes", "1"],
+        # one epoch: the CNN's update is most of a tiny run's time (test_atari.py trains with the default 4)
+        "tiny": ["--num-envs", "2", "--num-steps", "64", "--total-timesteps", "512", "--eval-episodes", "1"]
+        + ["--update-epochs", "1"],
         "wrong_env": ("CartPole-v1", "ppo_discrete.py"),
     },
 }

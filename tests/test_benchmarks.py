@@ -32,3 +32,20 @@ def test_time_split_covers_env_inference_and_update(sps, script, tmp_path, monke
     assert (module.make_envs, module.Agent) == (make_envs, agent_class)
     assert signal.getsignal(signal.SIGINT) == handler
     assert os.listdir(tmp_path) == []  # the run wrote into a temporary folder of its own
+
+
+def test_normalized_score_is_zero_for_the_random_policy_and_one_for_the_best_variant():
+    spec = importlib.util.spec_from_file_location("objectives", ROOT / "benchmarks" / "objectives.py")
+    objectives = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(objectives)
+    rows = [  # task A: random -100, best seed-mean 300 (clip); task B: random 0, best 50 (kl)
+        *({"env_id": "A", "label": "clip", "final_return": r} for r in (250.0, 350.0)),
+        *({"env_id": "A", "label": "kl", "final_return": r} for r in (100.0, 100.0)),
+        *({"env_id": "B", "label": "clip", "final_return": r} for r in (0.0, 10.0)),
+        *({"env_id": "B", "label": "kl", "final_return": r} for r in (40.0, 60.0)),
+    ]
+    scores = objectives.normalized_scores(rows, {"A": -100.0, "B": 0.0})
+    # clip: A (350/400 + 450/400) / 2 = 1, B (0 + 0.2) / 2 = 0.1; kl: A 200/400 = 0.5, B (0.8 + 1.2) / 2 = 1
+    assert scores == pytest.approx({"clip": (1.0 + 0.1) / 2, "kl": (0.5 + 1.0) / 2})
+    # the random policy's return of an env, measured: uniform random actions never balance the pendulum long
+    assert 0 < objectives.random_return("InvertedPendulum-v5", episodes=5) < 50

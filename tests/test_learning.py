@@ -6,8 +6,8 @@ from conftest import SCRIPTS, run_dirs, run_script, scalars
 
 # script -> (arguments, threshold on the mean return of the episodes in the last 10% of steps)
 LEARNING = {
-    "ppo_discrete.py": (["--env-id", "CartPole-v1", "--total-timesteps", "500000"], 475.0),
-    "ppo_penalty.py": (["--env-id", "CartPole-v1", "--total-timesteps", "500000"], 475.0),
+    "ppo_discrete.py": (["--env-id", "CartPole-v1", "--total-timesteps", "400000"], 475.0),
+    "ppo_penalty.py": (["--env-id", "CartPole-v1", "--total-timesteps", "400000"], 475.0),
 }
 
 

@@ -1,17 +1,20 @@
 """End-to-end tests: every script run as a subprocess on a tiny budget, checked by what it wrote."""
 
 import glob
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import tyro
 from conftest import ROOT, SCRIPTS, TRAIN_TAGS, load_script, problem, run_dirs, run_script, scalars
+from filelock import FileLock
 
 
 def tiny(script: str) -> list[str]:
@@ -33,11 +36,19 @@ def checkpoint_path(run_dir: str, script: str) -> str:
 
 @pytest.fixture(scope="module")
 def trained(script, tmp_path_factory):
-    """A tiny run with --save-model: (cwd, run_dir, checkpoint, stdout)."""
-    cwd = tmp_path_factory.mktemp("trained")
-    proc = run_script(script, [*tiny(script), "--save-model"], cwd)
-    (run_dir,) = run_dirs(cwd)
-    return cwd, run_dir, checkpoint_path(run_dir, script), proc.stdout
+    """A tiny run with --save-model: (cwd, run_dir, checkpoint, stdout). Trained once per session: the
+    pytest-xdist workers share it through a file lock (a test copies it before changing it)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # this session's folder
+    record = shared / f"trained-{script}.json"
+    with FileLock(shared / f"trained-{script}.lock"):
+        if not record.exists():
+            cwd = tmp_path_factory.mktemp("trained")
+            proc = run_script(script, [*tiny(script), "--save-model"], cwd)
+            (run_dir,) = run_dirs(cwd)
+            record.write_text(json.dumps([str(cwd), run_dir, checkpoint_path(run_dir, script), proc.stdout]))
+    cwd, run_dir, path, stdout = json.loads(record.read_text())
+    return Path(cwd), run_dir, path, stdout
 
 
 def test_tiny_run_logs_every_tag_hyperparameters_and_progress(script, trained):
