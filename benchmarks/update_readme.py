@@ -3,7 +3,8 @@
     python benchmarks/update_readme.py
 
 Replaces what lies between the markers `<!-- results:start -->` and `<!-- results:end -->` in
-README.md with: the SPS table (benchmarks/results/sps.md) and, for each folder of
+README.md with: the SPS table (benchmarks/results/sps.md), the comparison of objectives
+(benchmarks/results/objectives.md, from benchmarks/objectives.py) and, for each folder of
 benchmarks/results/ holding a results.md, that table and the learning-curve PNGs beside it.
 """
 
@@ -29,6 +30,19 @@ def section() -> str:
             "scripts compute them in one batch after the rollout, ppo_atari.py with each action:",
             "",
             sps.read_text().strip(),
+            "",
+        ]
+    objectives = RESULTS / "objectives.md"
+    if objectives.exists():
+        parts += [
+            "### Clipping against the KL penalty (PPO paper, Table 1)",
+            "",
+            "Final return per task (mean ± std over seeds) of ppo_continuous.py (clip, ε = 0.2) and",
+            "ppo_penalty_continuous.py (adaptive KL, d_targ = 0.01; fixed β = 1), and the paper's normalized",
+            "score: per task, 0 for the random policy and 1 for the best variant's seed-mean, averaged over",
+            "every run (`benchmarks/objectives.py`; the runs and their curves are in the objectives-* tables below):",
+            "",
+            objectives.read_text().strip(),
             "",
         ]
     for results in sorted(RESULTS.glob("*/results.md")):
