@@ -98,10 +98,16 @@ def fmt(values, digits=1) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
 
 
+def run_dates(rows) -> str:
+    """The dates the runs started, from their run folders (CleanRL's name ends in the start's Unix time)."""
+    days = sorted({datetime.date.fromtimestamp(int(r["run_dir"].rsplit("__", 1)[1])).isoformat() for r in rows})
+    return days[0] if len(days) == 1 else f"{days[0]} to {days[-1]} (--reuse)"
+
+
 def write_table(rows, args, command: str, out: Path) -> None:
     lines = [
         f"Command: `{command}`  ",
-        f"Date: {datetime.date.today().isoformat()}; machine: {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Date: {run_dates(rows)}; machine: {platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch threads as each script's default; {args.total_timesteps} steps per run, seeds {args.seeds}.",
         "",
         f"| env | variant | final return (mean ± std over seeds) | steps to {args.threshold} | seconds to "

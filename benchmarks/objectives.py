@@ -6,7 +6,8 @@ one results.json per task, each with the same variants and seeds.
 
 The normalized score is the paper's: per task, the random policy scores 0 and the best variant 1, where a
 variant's result is its final return (learning.py: mean over the episodes of the last 10% of steps) averaged
-over seeds; each run is normalized, and a variant's score is the mean over all its runs on all tasks.
+over seeds; each run is normalized, and a variant's score is the mean over all its runs on all tasks, with its
+standard error (the runs' standard deviation / sqrt(number of runs)).
 The random policy's return is measured here: uniform random actions, --random-episodes episodes, seeded.
 """
 
@@ -40,8 +41,8 @@ def random_return(env_id: str, episodes: int, seed: int = 1) -> float:
     return float(np.mean(returns))
 
 
-def normalized_scores(rows: list[dict], random: dict[str, float]) -> dict[str, float]:
-    """label -> mean over its runs of (final return - random) / (best variant's seed-mean - random), per task."""
+def normalized_scores(rows: list[dict], random: dict[str, float]) -> dict[str, list[float]]:
+    """label -> each of its runs' (final return - random) / (best variant's seed-mean on the run's task - random)."""
     per_run = {}
     for env_id, floor in random.items():
         task = [r for r in rows if r["env_id"] == env_id]
@@ -49,7 +50,7 @@ def normalized_scores(rows: list[dict], random: dict[str, float]) -> dict[str, f
         best = max(means.values())
         for r in task:
             per_run.setdefault(r["label"], []).append((r["final_return"] - floor) / (best - floor))
-    return {label: float(np.mean(scores)) for label, scores in per_run.items()}
+    return per_run
 
 
 def labels(rows: list[dict]) -> list[str]:
@@ -62,6 +63,8 @@ def main() -> None:
     parser.add_argument("--random-episodes", type=int, default=100)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    if args.random_episodes < 1:
+        sys.exit(f"objectives.py: error: --random-episodes must be at least 1, got {args.random_episodes}")
     rows = []
     for folder in args.results:
         path = folder / "results.json"
@@ -80,7 +83,11 @@ def main() -> None:
             finals = [r["final_return"] for r in rows if r["env_id"] == env_id and r["label"] == label]
             cells.append(f"{np.mean(finals):.1f} ± {np.std(finals):.1f} ({len(finals)} seeds)" if finals else "-")
         lines.append(f"| {env_id} | {random[env_id]:.1f} | " + " | ".join(cells) + " |")
-    lines.append("| normalized score | 0 | " + " | ".join(f"{scores[label]:.2f}" for label in labels(rows)) + " |")
+    cells = [
+        f"{np.mean(scores[label]):.2f} ± {np.std(scores[label], ddof=1) / len(scores[label]) ** 0.5:.2f}"
+        for label in labels(rows)
+    ]
+    lines.append("| normalized score (mean ± standard error over runs) | 0 | " + " | ".join(cells) + " |")
     paper = [f"{PAPER[label]:.2f}" if label in PAPER else "-" for label in labels(rows)]
     lines.append("| paper, Table 1 (7 tasks) | 0 | " + " | ".join(paper) + " |")
     args.out.write_text("\n".join(lines) + "\n")

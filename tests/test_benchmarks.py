@@ -1,9 +1,11 @@
 """The benchmark helpers that the README's numbers come from, on tiny budgets."""
 
+import datetime
 import importlib.util
 import os
 import signal
 
+import numpy as np
 import pytest
 from conftest import ROOT, load_script
 
@@ -46,6 +48,20 @@ def test_normalized_score_is_zero_for_the_random_policy_and_one_for_the_best_var
     ]
     scores = objectives.normalized_scores(rows, {"A": -100.0, "B": 0.0})
     # clip: A (350/400 + 450/400) / 2 = 1, B (0 + 0.2) / 2 = 0.1; kl: A 200/400 = 0.5, B (0.8 + 1.2) / 2 = 1
-    assert scores == pytest.approx({"clip": (1.0 + 0.1) / 2, "kl": (0.5 + 1.0) / 2})
+    assert list(scores) == ["clip", "kl"]
+    assert scores["clip"] == pytest.approx([0.875, 1.125, 0.0, 0.2])  # per run: A 350/400, 450/400; B 0/50, 10/50
+    assert scores["kl"] == pytest.approx([0.5, 0.5, 0.8, 1.2])
+    assert (np.mean(scores["clip"]), np.mean(scores["kl"])) == pytest.approx(((1.0 + 0.1) / 2, (0.5 + 1.0) / 2))
     # the random policy's return of an env, measured: uniform random actions never balance the pendulum long
     assert 0 < objectives.random_return("InvertedPendulum-v5", episodes=5) < 50
+
+
+def test_results_table_dates_the_runs_it_holds_not_the_day_it_was_written():
+    """--reuse keeps runs from earlier sessions: the table's date names the days they started."""
+    spec = importlib.util.spec_from_file_location("learning", ROOT / "benchmarks" / "learning.py")
+    learning = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(learning)
+    started = [int(datetime.datetime(2026, 11, day, 12).timestamp()) for day in (23, 23, 30)]
+    rows = [{"run_dir": f"raw/runs/Hopper-v5__ppo_continuous_clip__{i}__{t}"} for i, t in enumerate(started)]
+    assert learning.run_dates(rows[:2]) == "2026-11-23"
+    assert learning.run_dates(rows) == "2026-11-23 to 2026-11-30 (--reuse)"
