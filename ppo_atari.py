@@ -233,8 +233,8 @@ def main(args: Args) -> None:
     purge_step = checkpoint["global_step"] + 1 if args.resume else None
     writer = SummaryWriter(f"runs/{run_name}", purge_step=purge_step) if rank == 0 else None  # rank 0 logs
     hyperparameters = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
-    if rank == 0:
-        writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{hyperparameters}")
+    if rank == 0:  # a resumed run logs its arguments at the step it resumes from, beside the first run's at 0
+        writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{hyperparameters}", purge_step or 0)
 
     random.seed(args.seed + rank)
     np.random.seed(args.seed + rank)

@@ -15,6 +15,7 @@ import torch
 import tyro
 from conftest import ROOT, SCRIPTS, TRAIN_TAGS, load_script, problem, run_dirs, run_script, scalars
 from filelock import FileLock
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
 def tiny(script: str) -> list[str]:
@@ -52,8 +53,6 @@ def trained(script, tmp_path_factory):
 
 
 def test_tiny_run_logs_every_tag_hyperparameters_and_progress(script, trained):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     _, run_dir, _, stdout = trained
     logged = scalars(run_dir)
     assert expected_tags(script) | {"eval/episodic_return"} <= set(logged)
@@ -98,6 +97,12 @@ def test_resume_continues_step_count_schedule_and_the_same_tensorboard_run(scrip
     # the schedule is at iteration num_iterations + 1 of 2 * num_iterations: half the initial rate
     assert second[0][1] == pytest.approx(first[0][1] / 2, rel=1e-5)
     assert torch.load(path, weights_only=True)["global_step"] == total
+    # the arguments: the first run's at step 0, the resumed run's (its own budget) just after the checkpoint's step
+    acc = EventAccumulator(run_dir)
+    acc.Reload()
+    texts = [(e.step, e.tensor_proto.string_val[0].decode()) for e in acc.Tensors("hyperparameters/text_summary")]
+    assert [step for step, _ in texts] == [0, last_step + 1]
+    assert f"|total_timesteps|{total}|" in texts[1][1] and f"|total_timesteps|{total}|" not in texts[0][1]
 
 
 def test_killed_run_resumes_from_its_last_periodic_checkpoint_in_one_curve(script, tmp_path):
