@@ -8,10 +8,16 @@ A variant is LABEL=SCRIPT [ARGS...]; its extra args go to the script. Each run's
 and curve come from the same event file. Written to --out: results.md (mean ± std over seeds of
 the final return = mean over episodes in the last 10% of steps, steps and wall seconds until the
 20-episode moving mean first reaches --threshold, SPS, peak RSS), results.json, one PNG per env.
+
+results.json is saved after every run, so --reuse continues an interrupted benchmark. Two invocations
+with --reuse may share --out to use two cores (say, one per variant): each adds its runs to
+results.json under a lock; then one invocation with every variant and --reuse (it runs nothing more)
+writes the table.
 """
 
 import argparse
 import datetime
+import fcntl
 import json
 import os
 import platform
@@ -162,6 +168,21 @@ def parse_variant(text: str) -> tuple[str, str, list[str]]:
     return match[1], match[2], shlex.split(match[3] or "")
 
 
+def row_key(row: dict) -> tuple:
+    return row["label"], row["script"], tuple(row["args"]), row["env_id"], row["seed"]
+
+
+def save_results(out: Path, command: str, rows: list[dict], keep_saved: bool) -> None:
+    """Writes rows to out/results.json; with keep_saved, also the runs already there that rows does not replace
+    (an earlier invocation's, or a parallel one's: the lock lets two invocations share --out)."""
+    with open(out / "results.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = out / "results.json"
+        saved = json.loads(path.read_text())["rows"] if keep_saved and path.exists() else []
+        merged = {row_key(r): r for r in saved} | {row_key(r): r for r in rows}
+        path.write_text(json.dumps({"command": command, "rows": list(merged.values())}, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env-ids", nargs="+", required=True)
@@ -177,7 +198,7 @@ def main() -> None:
     done = {}
     if args.reuse and (args.out / "results.json").exists():
         for row in json.loads((args.out / "results.json").read_text())["rows"]:
-            done[(row["label"], row["script"], tuple(row["args"]), row["env_id"], row["seed"])] = row
+            done[row_key(row)] = row
     rows = []
     for env_id in args.env_ids:
         for label, script, extra in args.variants:
@@ -188,9 +209,8 @@ def main() -> None:
                     continue
                 workdir = args.out / "raw"
                 rows.append(run_one(label, script, extra, env_id, seed, args.total_timesteps, args.threshold, workdir))
-                done[key] = rows[-1]  # saved after every run: an interrupted benchmark continues with --reuse
-                (args.out / "results.json").write_text(json.dumps({"command": command, "rows": list(done.values())}))
-    (args.out / "results.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
+                save_results(args.out, command, rows, keep_saved=True)  # an interrupted run continues with --reuse
+    save_results(args.out, command, rows, keep_saved=args.reuse)
     write_table(rows, args, command, args.out)
     plot_curves(rows, args, args.out)
     print((args.out / "results.md").read_text())

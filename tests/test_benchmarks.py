@@ -2,6 +2,7 @@
 
 import datetime
 import importlib.util
+import json
 import os
 import signal
 
@@ -56,12 +57,37 @@ def test_normalized_score_is_zero_for_the_random_policy_and_one_for_the_best_var
     assert 0 < objectives.random_return("InvertedPendulum-v5", episodes=5) < 50
 
 
-def test_results_table_dates_the_runs_it_holds_not_the_day_it_was_written():
-    """--reuse keeps runs from earlier sessions: the table's date names the days they started."""
+@pytest.fixture(scope="module")
+def learning():
     spec = importlib.util.spec_from_file_location("learning", ROOT / "benchmarks" / "learning.py")
-    learning = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(learning)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_table_dates_the_runs_it_holds_not_the_day_it_was_written(learning):
+    """--reuse keeps runs from earlier sessions: the table's date names the days they started."""
     started = [int(datetime.datetime(2026, 11, day, 12).timestamp()) for day in (23, 23, 30)]
     rows = [{"run_dir": f"raw/runs/Hopper-v5__ppo_continuous_clip__{i}__{t}"} for i, t in enumerate(started)]
     assert learning.run_dates(rows[:2]) == "2026-11-23"
     assert learning.run_dates(rows) == "2026-11-23 to 2026-11-30 (--reuse)"
+
+
+def test_invocations_sharing_an_out_folder_keep_each_others_runs(learning, tmp_path):
+    def run(label, seed, final):
+        return {"label": label, "script": "s.py", "args": [], "env_id": "E", "seed": seed, "final_return": final}
+
+    def saved():
+        return {
+            (r["label"], r["seed"]): r["final_return"]
+            for r in json.loads((tmp_path / "results.json").read_text())["rows"]
+        }
+
+    learning.save_results(tmp_path, "a", [run("clip", 1, 1.0)], keep_saved=True)
+    learning.save_results(tmp_path, "b", [run("kl", 1, 2.0)], keep_saved=True)  # a second invocation, same folder
+    learning.save_results(tmp_path, "a", [run("clip", 1, 1.0), run("clip", 2, 3.0)], keep_saved=True)
+    assert saved() == {("clip", 1): 1.0, ("kl", 1): 2.0, ("clip", 2): 3.0}
+    learning.save_results(tmp_path, "b", [run("kl", 1, 4.0)], keep_saved=True)  # a rerun replaces its own run
+    assert saved() == {("clip", 1): 1.0, ("kl", 1): 4.0, ("clip", 2): 3.0}
+    learning.save_results(tmp_path, "c", [run("kl", 1, 5.0)], keep_saved=False)  # without --reuse: a fresh file
+    assert saved() == {("kl", 1): 5.0}
