@@ -11,12 +11,22 @@ import pytest
 from conftest import ROOT, load_script
 
 
-@pytest.fixture(scope="module")
-def sps():
-    spec = importlib.util.spec_from_file_location("sps", ROOT / "benchmarks" / "sps.py")
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def sps():
+    return load_benchmark("sps")
+
+
+@pytest.fixture(scope="module")
+def learning():
+    return load_benchmark("learning")
 
 
 @pytest.mark.parametrize("script", ["ppo_discrete.py", "ppo_atari.py"])
@@ -38,9 +48,7 @@ def test_time_split_covers_env_inference_and_update(sps, script, tmp_path, monke
 
 
 def test_normalized_score_is_zero_for_the_random_policy_and_one_for_the_best_variant():
-    spec = importlib.util.spec_from_file_location("objectives", ROOT / "benchmarks" / "objectives.py")
-    objectives = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(objectives)
+    objectives = load_benchmark("objectives")
     rows = [  # task A: random -100, best seed-mean 300 (clip); task B: random 0, best 50 (kl)
         *({"env_id": "A", "label": "clip", "final_return": r} for r in (250.0, 350.0)),
         *({"env_id": "A", "label": "kl", "final_return": r} for r in (100.0, 100.0)),
@@ -55,14 +63,6 @@ def test_normalized_score_is_zero_for_the_random_policy_and_one_for_the_best_var
     assert (np.mean(scores["clip"]), np.mean(scores["kl"])) == pytest.approx(((1.0 + 0.1) / 2, (0.5 + 1.0) / 2))
     # the random policy's return of an env, measured: uniform random actions never balance the pendulum long
     assert 0 < objectives.random_return("InvertedPendulum-v5", episodes=5) < 50
-
-
-@pytest.fixture(scope="module")
-def learning():
-    spec = importlib.util.spec_from_file_location("learning", ROOT / "benchmarks" / "learning.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_results_table_dates_the_runs_it_holds_not_the_day_it_was_written(learning):
