@@ -449,7 +449,8 @@ def check_args(args: Args) -> dict | None:
     # what --eval-checkpoint reads; any other argument given with it would be silently ignored
     evaluation = {"exp_name", "seed", "torch_deterministic", "cuda", "num_threads", "env_id"}
     evaluation |= {"eval_checkpoint", "eval_episodes", "eval_deterministic"}
-    ignored = " ".join("--" + name.replace("_", "-") for name in sorted(command_line_fields(args) - evaluation))
+    given = command_line_fields(args)
+    ignored = " ".join("--" + name.replace("_", "-") for name in sorted(given - evaluation))
     b, world_size = args.batch_size, int(os.environ.get("WORLD_SIZE", 1))  # torchrun sets WORLD_SIZE
     relations = [  # (holds, what is wrong and how to fix it)
         (b % args.num_minibatches == 0, f"--num-minibatches must divide the batch size num_envs*num_steps = {b}"),

@@ -433,7 +433,8 @@ def check_args(args: Args) -> dict | None:
     # what --eval-checkpoint reads; any other argument given with it would be silently ignored
     evaluation = {"exp_name", "seed", "torch_deterministic", "cuda", "num_threads", "env_id"}
     evaluation |= {"eval_checkpoint", "eval_episodes", "eval_deterministic"}
-    ignored = " ".join("--" + name.replace("_", "-") for name in sorted(command_line_fields(args) - evaluation))
+    given = command_line_fields(args)
+    ignored = " ".join("--" + name.replace("_", "-") for name in sorted(given - evaluation))
     b, world_size = args.batch_size, int(os.environ.get("WORLD_SIZE", 1))  # torchrun sets WORLD_SIZE
     relations = [  # (holds, what is wrong and how to fix it)
         (b % args.num_minibatches == 0, f"--num-minibatches must divide the batch size num_envs*num_steps = {b}"),
@@ -447,7 +448,7 @@ def check_args(args: Args) -> dict | None:
         (args.eval_episodes > 0 or not args.eval_deterministic, "--eval-deterministic needs --eval-episodes 1 or more"),
         (args.exp_name and os.sep not in args.exp_name, "--exp-name must be a non-empty name without '/'"),
         (args.kl_coef > 0 or not args.adaptive_kl, "--adaptive-kl doubles or halves β: start it above 0 (--kl-coef)"),
-        (args.adaptive_kl or args.kl_target == Args.kl_target, "--kl-target does nothing with --no-adaptive-kl"),
+        (args.adaptive_kl or "kl_target" not in given, "--kl-target does nothing with --no-adaptive-kl"),
     ]
     for holds, problem in relations:
         if not holds:

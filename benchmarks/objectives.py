@@ -53,6 +53,28 @@ def normalized_scores(rows: list[dict], random: dict[str, float]) -> dict[str, l
     return per_run
 
 
+def check_rows(rows: list[dict], random: dict[str, float]) -> None:
+    """Raises ValueError unless every task holds every variant with the same seeds and its best beats random."""
+    for env_id, floor in random.items():
+        task = [r for r in rows if r["env_id"] == env_id]
+        runs = [(r["label"], r["seed"]) for r in task]
+        if len(set(runs)) < len(runs):
+            raise ValueError(f"{env_id} holds a run twice; give each results folder once")
+        seeds = {label: sorted(seed for run_label, seed in runs if run_label == label) for label in labels(rows)}
+        if len({tuple(s) for s in seeds.values()}) > 1:
+            raise ValueError(f"{env_id}: the variants' seeds differ ({seeds}); finish the runs")
+        best = max(np.mean([r["final_return"] for r in task if r["label"] == label]) for label in seeds)
+        if best <= floor:
+            raise ValueError(f"{env_id}: no variant's mean beats the random policy's {floor:.1f}: no score")
+
+
+def score_cell(scores: list[float]) -> str:
+    """The mean, and its standard error where there are two runs or more."""
+    if len(scores) < 2:
+        return f"{np.mean(scores):.2f}"
+    return f"{np.mean(scores):.2f} ± {np.std(scores, ddof=1) / len(scores) ** 0.5:.2f}"
+
+
 def labels(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(r["label"] for r in rows))
 
@@ -65,14 +87,23 @@ def main() -> None:
     args = parser.parse_args()
     if args.random_episodes < 1:
         sys.exit(f"objectives.py: error: --random-episodes must be at least 1, got {args.random_episodes}")
+    if not args.out.parent.is_dir():
+        sys.exit(f"objectives.py: error: --out {args.out}: the folder {args.out.parent} does not exist")
     rows = []
     for folder in args.results:
         path = folder / "results.json"
         if not path.is_file():
             sys.exit(f"objectives.py: error: {path} does not exist; run benchmarks/learning.py --out {folder} first")
-        rows += json.loads(path.read_text())["rows"]
+        try:
+            rows += json.loads(path.read_text())["rows"]
+        except (ValueError, KeyError):
+            sys.exit(f"objectives.py: error: {path} is not a results.json of benchmarks/learning.py")
     env_ids = list(dict.fromkeys(r["env_id"] for r in rows))
-    random = {env_id: random_return(env_id, args.random_episodes) for env_id in env_ids}
+    try:
+        random = {env_id: random_return(env_id, args.random_episodes) for env_id in env_ids}
+        check_rows(rows, random)
+    except (ValueError, gym.error.Error) as e:
+        sys.exit(f"objectives.py: error: {e}")
     scores = normalized_scores(rows, random)
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__), *sys.argv[1:]])
     lines = [f"Command: `{command}`  ", f"Date: {datetime.date.today().isoformat()}", ""]
@@ -83,10 +114,7 @@ def main() -> None:
             finals = [r["final_return"] for r in rows if r["env_id"] == env_id and r["label"] == label]
             cells.append(f"{np.mean(finals):.1f} ± {np.std(finals):.1f} ({len(finals)} seeds)" if finals else "-")
         lines.append(f"| {env_id} | {random[env_id]:.1f} | " + " | ".join(cells) + " |")
-    cells = [
-        f"{np.mean(scores[label]):.2f} ± {np.std(scores[label], ddof=1) / len(scores[label]) ** 0.5:.2f}"
-        for label in labels(rows)
-    ]
+    cells = [score_cell(scores[label]) for label in labels(rows)]
     lines.append("| normalized score (mean ± standard error over runs) | 0 | " + " | ".join(cells) + " |")
     paper = [f"{PAPER[label]:.2f}" if label in PAPER else "-" for label in labels(rows)]
     lines.append("| paper, Table 1 (7 tasks) | 0 | " + " | ".join(paper) + " |")

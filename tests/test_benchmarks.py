@@ -1,10 +1,12 @@
 """The benchmark helpers that the README's numbers come from, on tiny budgets."""
 
 import datetime
+import fcntl
 import importlib.util
 import json
 import os
 import signal
+import threading
 
 import numpy as np
 import pytest
@@ -50,10 +52,10 @@ def test_time_split_covers_env_inference_and_update(sps, script, tmp_path, monke
 def test_normalized_score_is_zero_for_the_random_policy_and_one_for_the_best_variant():
     objectives = load_benchmark("objectives")
     rows = [  # task A: random -100, best seed-mean 300 (clip); task B: random 0, best 50 (kl)
-        *({"env_id": "A", "label": "clip", "final_return": r} for r in (250.0, 350.0)),
-        *({"env_id": "A", "label": "kl", "final_return": r} for r in (100.0, 100.0)),
-        *({"env_id": "B", "label": "clip", "final_return": r} for r in (0.0, 10.0)),
-        *({"env_id": "B", "label": "kl", "final_return": r} for r in (40.0, 60.0)),
+        *({"env_id": "A", "label": "clip", "seed": i, "final_return": r} for i, r in enumerate((250.0, 350.0), 1)),
+        *({"env_id": "A", "label": "kl", "seed": i, "final_return": r} for i, r in enumerate((100.0, 100.0), 1)),
+        *({"env_id": "B", "label": "clip", "seed": i, "final_return": r} for i, r in enumerate((0.0, 10.0), 1)),
+        *({"env_id": "B", "label": "kl", "seed": i, "final_return": r} for i, r in enumerate((40.0, 60.0), 1)),
     ]
     scores = objectives.normalized_scores(rows, {"A": -100.0, "B": 0.0})
     # clip: A (350/400 + 450/400) / 2 = 1, B (0 + 0.2) / 2 = 0.1; kl: A 200/400 = 0.5, B (0.8 + 1.2) / 2 = 1
@@ -61,6 +63,13 @@ def test_normalized_score_is_zero_for_the_random_policy_and_one_for_the_best_var
     assert scores["clip"] == pytest.approx([0.875, 1.125, 0.0, 0.2])  # per run: A 350/400, 450/400; B 0/50, 10/50
     assert scores["kl"] == pytest.approx([0.5, 0.5, 0.8, 1.2])
     assert (np.mean(scores["clip"]), np.mean(scores["kl"])) == pytest.approx(((1.0 + 0.1) / 2, (0.5 + 1.0) / 2))
+    objectives.check_rows(rows, {"A": -100.0, "B": 0.0})
+    with pytest.raises(ValueError, match="holds a run twice"):  # a folder given twice
+        objectives.check_rows(rows + rows, {"A": -100.0, "B": 0.0})
+    with pytest.raises(ValueError, match="seeds differ"):  # kl has one run on B, clip two
+        objectives.check_rows(rows[:-1], {"A": -100.0, "B": 0.0})
+    with pytest.raises(ValueError, match="beats the random policy"):
+        objectives.check_rows(rows, {"A": -100.0, "B": 50.0})
     # the random policy's return of an env, measured: uniform random actions never balance the pendulum long
     assert 0 < objectives.random_return("InvertedPendulum-v5", episodes=5) < 50
 
@@ -91,3 +100,16 @@ def test_invocations_sharing_an_out_folder_keep_each_others_runs(learning, tmp_p
     assert saved() == {("clip", 1): 1.0, ("kl", 1): 4.0, ("clip", 2): 3.0}
     learning.save_results(tmp_path, "c", [run("kl", 1, 5.0)], keep_saved=False)  # without --reuse: a fresh file
     assert saved() == {("kl", 1): 5.0}
+
+
+def test_results_are_saved_under_the_lock(learning, tmp_path):
+    """While another invocation holds results.lock, a save waits: its read-merge-write cannot interleave."""
+    row = {"label": "clip", "script": "s.py", "args": [], "env_id": "E", "seed": 1, "final_return": 1.0}
+    with open(tmp_path / "results.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        saver = threading.Thread(target=learning.save_results, args=(tmp_path, "a", [row], True))
+        saver.start()
+        saver.join(timeout=0.5)
+        assert saver.is_alive() and not (tmp_path / "results.json").exists()
+    saver.join(timeout=10)
+    assert json.loads((tmp_path / "results.json").read_text())["rows"] == [row]

@@ -2,9 +2,11 @@
 categorical and diagonal-Gaussian KL, the loss, the adaptive β, and what the runs log and checkpoint."""
 
 import math
+import signal
 
 import pytest
 import torch
+import tyro
 from conftest import load_script, problem, run_dirs, run_script, scalars
 
 # script -> the arguments of a run of 8 iterations of 64 steps
@@ -75,6 +77,8 @@ def test_penalty_arguments_that_would_do_nothing_are_refused(ppo):
     assert "start it above 0" in problem(ppo, ["--kl-coef", "0"])
     assert problem(ppo, ["--kl-coef", "0", "--no-adaptive-kl"]) is None  # a fixed β of 0 is plain PG
     assert "--kl-target does nothing" in problem(ppo, ["--no-adaptive-kl", "--kl-target", "0.02"])
+    # given is given, also at its default value
+    assert "--kl-target does nothing" in problem(ppo, ["--no-adaptive-kl", "--kl-target", "0.01"])
 
 
 def test_kl_term_pulls_the_policy_back_to_the_old_one():
@@ -111,6 +115,39 @@ def test_logs_kl_and_beta_and_checkpoints_beta(script, tmp_path):
 
 
 # ---- diagonal Gaussian (ppo_penalty_continuous.py) ----
+@pytest.mark.parametrize("script", sorted(PENALTY))
+def test_pi_old_is_the_rollout_policy_so_each_iterations_first_kl_is_zero(script, tmp_path, monkeypatch):
+    """π_old(·|s) comes from the rollout's weights and the observations the update sees, so before an iteration's
+    first optimizer step KL[π_old, π_θ] is 0 on every state: exactly 0 here, and the KL is quadratic in the policy's
+    difference, so rounding of ~1e-6 in logits or means (another machine, another batch size) stays near 1e-12.
+    Computed from observations scaled by 1.01, π_old is already about 1e-7 off; from an earlier iteration, about d."""
+    ppo = load_script(script)
+    name = "categorical_kl" if script == "ppo_penalty.py" else "gaussian_kl"
+    exact_kl, largest = getattr(ppo, name), []
+
+    def spy(*args):
+        kl = exact_kl(*args)
+        largest.append(kl.detach().abs().max().item())
+        return kl
+
+    monkeypatch.setattr(ppo, name, spy)
+    monkeypatch.chdir(tmp_path)
+    args = tyro.cli(ppo.Args, args=[*PENALTY[script], "--total-timesteps", "256", "--eval-episodes", "0"])
+    # main installs its signal handlers and sets torch's threads: both are restored for the next tests
+    handlers, num_threads = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}, torch.get_num_threads()
+    try:
+        ppo.main(args)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        torch.set_num_threads(num_threads)
+    per_iteration = args.update_epochs * args.num_minibatches + 1  # the minibatches, then d on the whole batch
+    assert len(largest) == 4 * per_iteration
+    firsts = largest[::per_iteration]
+    assert max(firsts) < 1e-9, firsts
+    assert max(largest) > 1e-5  # the later minibatches do move the policy (to about 2e-4 and 5e-2 here)
+
+
 def gaussians(batch=5, action_dim=3):
     """Two batches of diagonal Gaussians that differ in mean and in std, per state and per dimension."""
     generator = torch.Generator().manual_seed(0)

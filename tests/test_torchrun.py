@@ -41,6 +41,8 @@ def test_two_processes_train_one_model_into_one_run(script, tmp_path):
     assert proc.returncode == 0, stderr[-3000:]
     rank0, rank1 = kept(tmp_path)
     assert same_weights(rank0["model"], rank1["model"])  # the averaged gradient kept them identical
+    if "penalty" in script:  # β adapts to d averaged over both ranks' batches, so it stays the same on both
+        assert len(rank0["kl"]) >= 2 and rank0["kl"] == rank1["kl"]
     (run_dir,) = run_dirs(tmp_path)  # one run folder, written by rank 0
     logged = scalars(run_dir)
     steps = [step for step, _ in logged["charts/learning_rate"]]
