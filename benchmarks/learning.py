@@ -209,9 +209,8 @@ def main() -> None:
                     continue
                 workdir = args.out / "raw"
                 rows.append(run_one(label, script, extra, env_id, seed, args.total_timesteps, args.threshold, workdir))
-                save_results(
-                    args.out, command, rows, keep_saved=args.reuse
-                )  # after every run: an interrupted benchmark continues with --reuse
+                # saved after every run: an interrupted benchmark continues with --reuse
+                save_results(args.out, command, rows, keep_saved=args.reuse)
     save_results(args.out, command, rows, keep_saved=args.reuse)
     write_table(rows, args, command, args.out)
     plot_curves(rows, args, args.out)
