@@ -88,8 +88,10 @@ class Args:
 # ---- environment ----
 def make_env(env_id: str, idx: int, capture_video: bool, run_name: str) -> gym.Env:
     if capture_video and idx == 0:
-        return gym.wrappers.RecordVideo(gym.make(env_id, render_mode="rgb_array"), f"videos/{run_name}")
-    return gym.make(env_id)
+        env = gym.wrappers.RecordVideo(gym.make(env_id, render_mode="rgb_array"), f"videos/{run_name}")
+    else:
+        env = gym.make(env_id)
+    return gym.wrappers.FlattenObservation(env)  # toy text's Discrete or Tuple observations become one-hot vectors
 
 
 def make_envs(env_id: str, num_envs: int, capture_video: bool, run_name: str) -> gym.vector.VectorEnv:
@@ -149,13 +151,13 @@ class Agent(nn.Module):
 
 
 # ---- algorithm ----
-def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae_lambda: float):
+def compute_gae(rewards, values, dones, final_values, next_value, next_done, gamma: float, gae_lambda: float):
     """GAE eq. 16 over a (T, N) rollout of numpy arrays; returns (advantages, returns), both (T, N).
     dones[t] = 1 means obs[t] is the first obs of a new episode (the step before it ended one), so the
-    value after step t is cut by dones[t + 1]. A truncation's γ·V(final obs) is already in its reward."""
+    value after step t is cut by dones[t + 1]. final_values[t]: V(final obs) if step t was truncated, else 0."""
     nextnonterminal = 1.0 - np.concatenate((dones[1:], next_done[None]))  # (T, N)
     nextvalues = np.concatenate((values[1:], next_value[None]))  # (T, N)
-    deltas = rewards + gamma * nextvalues * nextnonterminal - values  # TD residuals δ_t
+    deltas = rewards + gamma * (nextvalues * nextnonterminal + final_values) - values  # TD residuals δ_t
     advantages = np.zeros_like(deltas)
     lastgaelam = 0.0
     for t in reversed(range(len(deltas))):
@@ -201,16 +203,12 @@ def main(args: Args) -> None:
     except ValueError as e:
         sys.exit(f"{os.path.basename(__file__)}: error: {e}" if rank == 0 else 1)  # said once, by rank 0
     run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    if args.resume:  # continue its TensorBoard run; purge_step drops what was logged after it (before a crash)
-        run_name = checkpoint["run_name"]
-    video_folder = f"{run_name}/from-step-{checkpoint['global_step']}" if args.resume else run_name  # none overwritten
-    purge_step = checkpoint["global_step"] + 1 if args.resume else None
-    writer = SummaryWriter(f"runs/{run_name}", purge_step=purge_step) if rank == 0 else None  # rank 0 logs
-    hyperparameters = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
-    if rank == 0:  # a resumed run logs its arguments at the step it resumes from, beside the first run's at 0
-        writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{hyperparameters}", purge_step or 0)
+    model_path = args.resume or f"runs/{run_name}/{args.exp_name}.pt"  # --resume rewrites the file it resumes
+    run_dir = os.path.dirname(os.path.abspath(model_path))  # a resumed run goes on in its checkpoint's folder
+    if args.resume:  # its videos go beside the first run's, none overwritten
+        run_name = f"{os.path.basename(run_dir)}/from-step-{checkpoint['global_step']}"
 
-    random.seed(args.seed + rank)
+    random.seed(args.seed + rank)  # seed < 2**31 and rank < 2**31: every derived seed fits numpy's 32 bits
     np.random.seed(args.seed + rank)
     torch.manual_seed(args.seed + rank)
     torch.backends.cudnn.deterministic = args.torch_deterministic
@@ -221,16 +219,25 @@ def main(args: Args) -> None:
         torch.cuda.set_device(device)  # the device of all_gather_object and of NCCL's collectives
     if world_size > 1:
         dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
-    num_envs = args.num_envs // world_size  # this rank's share of the envs and of each (mini)batch
-    batch_size, minibatch_size = args.batch_size // world_size, args.minibatch_size // world_size
+    local_num_envs = args.num_envs // world_size  # this rank's share of the envs and of each (mini)batch
+    local_batch_size, local_minibatch_size = args.batch_size // world_size, args.minibatch_size // world_size
 
-    envs = make_envs(args.env_id, num_envs, args.capture_video and rank == 0, video_folder)
+    envs = make_envs(args.env_id, local_num_envs, args.capture_video and rank == 0, run_name)
     agent = Agent(envs.single_observation_space.shape[0], envs.single_action_space.n).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # eps of baselines
-    start_iteration, global_step = 1, 0
+    start_iteration, global_step, anneal_from = 1, 0, (1, args.learning_rate)  # lr: linear from anneal_from to 0
     kl_coef = args.kl_coef  # β, adapted after each update unless --no-adaptive-kl
     if checkpoint is not None:
+        try:  # a checkpoint of another network or optimizer is refused before anything is written or loaded
+            check_checkpoint(checkpoint, agent, optimizer, args)
+        except ValueError as e:
+            sys.exit(f"{os.path.basename(__file__)}: error: {e}" if rank == 0 else 1)
         agent.load_state_dict(checkpoint["model"])
+    purge_step = checkpoint["global_step"] + 1 if args.resume else None  # drops what was logged after it (a crash)
+    writer = SummaryWriter(run_dir, purge_step=purge_step) if rank == 0 else None  # rank 0 logs
+    hyperparameters = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
+    if rank == 0:  # a resumed run logs its arguments at the step it resumes from, beside the first run's at 0
+        writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{hyperparameters}", purge_step or 0)
     if world_size > 1:  # every rank starts from rank 0's weights
         for p in agent.parameters():
             dist.broadcast(p.detach(), src=0)
@@ -242,6 +249,7 @@ def main(args: Args) -> None:
     if args.resume:
         optimizer.load_state_dict(checkpoint["optimizer"])
         start_iteration, global_step = checkpoint["iteration"] + 1, checkpoint["global_step"]
+        anneal_from = checkpoint["iteration"], checkpoint["optimizer"]["param_groups"][0]["lr"]  # no jump up
         torch.set_rng_state(checkpoint["rng"])
         if device.type == "cuda" and checkpoint["cuda_rng"] is not None:
             torch.cuda.set_rng_state(checkpoint["cuda_rng"], device)
@@ -250,20 +258,20 @@ def main(args: Args) -> None:
         kl_coef = checkpoint["kl_coef"]
 
     # storage, in numpy (a row costs a tenth of a torch write); dones[t]: obs[t] is an episode's first obs
-    obs = np.zeros((args.num_steps, num_envs) + envs.single_observation_space.shape, dtype=np.float32)
-    actions = np.zeros((args.num_steps, num_envs), dtype=np.int64)
-    logprobs, rewards, dones = (np.zeros((args.num_steps, num_envs), dtype=np.float32) for _ in range(3))
+    obs = np.zeros((args.num_steps, local_num_envs) + envs.single_observation_space.shape, dtype=np.float32)
+    actions = np.zeros((args.num_steps, local_num_envs), dtype=np.int64)
+    logprobs, rewards, dones, final_values = np.zeros((4, args.num_steps, local_num_envs), dtype=np.float32)
 
     stop = handle_stop_signals()
     start_time = last_print = last_save = time.time()
-    model_path = f"runs/{run_name}/{args.exp_name}.pt"
     start_step, iteration = global_step, start_iteration - 1
-    next_obs, _ = envs.reset(seed=args.seed + global_step + rank * num_envs)
-    next_done = np.zeros(num_envs, dtype=np.float32)
+    env_seeds = [(args.seed + global_step + rank * local_num_envs + i) % 2**31 for i in range(local_num_envs)]
+    next_obs, _ = envs.reset(seed=env_seeds)  # seeds below 2**31, as every env (ale-py too) takes them
+    next_done = np.zeros(local_num_envs, dtype=np.float32)
     try:
         for iteration in range(start_iteration, args.num_iterations + 1):
-            frac = 1.0 - (iteration - 1.0) / args.num_iterations if args.anneal_lr else 1.0
-            optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+            frac = (args.num_iterations + 1 - iteration) / (args.num_iterations + 1 - anneal_from[0])
+            optimizer.param_groups[0]["lr"] = frac * anneal_from[1] if args.anneal_lr else args.learning_rate
             episodes = []  # (global_step, return, length) of the episodes that end in this rollout
 
             with torch.inference_mode():
@@ -272,16 +280,17 @@ def main(args: Args) -> None:
                     obs[step] = next_obs
                     dones[step] = next_done
                     x = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
-                    action, logprob, _ = agent.get_action(x)  # V(s_t) comes after the rollout, in one batch
+                    # V(s_t) comes after the rollout, in one batch from obs with these weights: an agent that
+                    # changes during the rollout (a running normalizer inside it) must compute V(s_t) here instead
+                    action, logprob, _ = agent.get_action(x)
                     actions[step], logprobs[step] = action.cpu().numpy(), logprob.cpu().numpy()
                     next_obs, reward, terminations, truncations, infos = envs.step(actions[step])
                     truncated = truncations & ~terminations  # TimeLimit also flags a terminal last step
+                    rewards[step], final_values[step] = reward, 0.0  # the rewards as the env gave them
                     if args.bootstrap_truncated and truncated.any():
-                        # a time limit is not a terminal state: fold γ·V(final obs) into the last reward
+                        # a time limit is not a terminal state: GAE bootstraps V(final obs) at a truncation
                         final_obs = torch.as_tensor(np.stack(infos["final_obs"][truncated]), dtype=torch.float32)
-                        final_values = agent.get_value(final_obs.to(device))
-                        reward[truncated] += args.gamma * final_values.flatten().cpu().numpy()
-                    rewards[step] = reward
+                        final_values[step, truncated] = agent.get_value(final_obs.to(device)).flatten().cpu().numpy()
                     next_done = terminations | truncations
                     if "episode" in infos:
                         for i in np.flatnonzero(infos["_episode"]):
@@ -292,7 +301,7 @@ def main(args: Args) -> None:
                 next_value = agent.get_value(torch.as_tensor(next_obs, dtype=torch.float32, device=device))
                 next_value = next_value.flatten().cpu().numpy()
             advantages, returns = compute_gae(
-                rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda
+                rewards, values, dones, final_values, next_value, next_done, args.gamma, args.gae_lambda
             )
 
             b_obs = torch.as_tensor(obs, device=device).reshape((-1,) + envs.single_observation_space.shape)
@@ -306,9 +315,9 @@ def main(args: Args) -> None:
                 b_oldlogp = agent.get_log_policy(b_obs)
             update_stats = {}  # name -> its value in each minibatch, averaged when logged
             for epoch in range(args.update_epochs):
-                b_inds = torch.randperm(batch_size, device=device)
-                for start in range(0, batch_size, minibatch_size):
-                    end = start + minibatch_size
+                b_inds = torch.randperm(local_batch_size, device=device)
+                for start in range(0, local_batch_size, local_minibatch_size):
+                    end = start + local_minibatch_size
                     mb_inds = b_inds[start:end]
                     _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
                     logratio = newlogprob - b_logprobs[mb_inds]
@@ -333,11 +342,12 @@ def main(args: Args) -> None:
                     optimizer.zero_grad()
                     loss.backward()
                     if world_size > 1:  # the mean gradient over the ranks' minibatches: the same step on every rank
-                        grads = [p.grad for p in agent.parameters()]
+                        params = [p for p in agent.parameters() if p.requires_grad]  # not a frozen layer
+                        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]  # unused: 0
                         flat = torch.cat([g.flatten() for g in grads])  # one all-reduce: each call pays a fixed latency
                         dist.all_reduce(flat, op=dist.ReduceOp.AVG)
-                        for g, averaged in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
-                            g.copy_(averaged.view_as(g))
+                        for p, averaged in zip(params, flat.split([p.numel() for p in params]), strict=True):
+                            p.grad = averaged.view_as(p)
                     nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
                     optimizer.step()
                     stats = dict(policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss, clipfrac=clipfrac)
@@ -421,7 +431,7 @@ def check_args(args: Args) -> dict | None:
         ("learning_rate clip_coef max_grad_norm checkpoint_minutes", lambda v: 0 < v < math.inf, "positive and finite"),
         ("ent_coef vf_coef eval_episodes", lambda v: 0 <= v < math.inf, "0 or more and finite"),
         ("gamma gae_lambda", lambda v: 0 <= v <= 1, "in [0, 1]"),
-        ("seed", lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
+        ("seed", lambda v: 0 <= v < 2**31, "in [0, 2**31)"),
         ("target_kl", lambda v: v is None or 0 < v < math.inf, "positive and finite, or omitted"),
         ("kl_coef", lambda v: 0 <= v < math.inf, "0 or more and finite"),
         ("kl_target", lambda v: 0 < v < math.inf, "positive and finite"),
@@ -447,8 +457,10 @@ def check_args(args: Args) -> dict | None:
         (not (args.eval_checkpoint and ignored), f"--eval-checkpoint does not use {ignored}; drop it"),
         (args.eval_episodes > 0 or not args.eval_deterministic, "--eval-deterministic needs --eval-episodes 1 or more"),
         (args.exp_name and os.sep not in args.exp_name, "--exp-name must be a non-empty name without '/'"),
+        (args.save_model or "checkpoint_minutes" not in given, "--checkpoint-minutes needs --save-model"),
         (args.kl_coef > 0 or not args.adaptive_kl, "--adaptive-kl doubles or halves β: start it above 0 (--kl-coef)"),
         (args.adaptive_kl or "kl_target" not in given, "--kl-target does nothing with --no-adaptive-kl"),
+        (args.clip_vloss or "clip_coef" not in given, "--clip-coef does nothing with --no-clip-vloss here"),
     ]
     for holds, problem in relations:
         if not holds:
@@ -463,12 +475,12 @@ def check_args(args: Args) -> dict | None:
     except gym.error.Error as e:
         raise ValueError(f"unknown --env-id {args.env_id!r} ({e}); pass a gymnasium id such as CartPole-v1") from None
     env.close()
-    obs_shape, action_space = getattr(env.observation_space, "shape", None) or (), env.action_space
+    obs_space, action_space = env.observation_space, env.action_space
     if isinstance(action_space, gym.spaces.Box):
         raise ValueError(f"--env-id {args.env_id} has continuous actions; use ppo_continuous.py")
-    if not isinstance(action_space, gym.spaces.Discrete) or len(obs_shape) != 1:
-        fix = "use ppo_atari.py" if len(obs_shape) == 3 else "this script needs Discrete actions and flat observations"
-        raise ValueError(f"--env-id {args.env_id} has {env.observation_space} obs and {action_space} actions; {fix}")
+    if not isinstance(action_space, gym.spaces.Discrete) or not obs_space.is_np_flattenable:
+        fix = "this script needs Discrete actions and observations that gymnasium can flatten"
+        raise ValueError(f"--env-id {args.env_id} has {obs_space} obs and {action_space} actions; {fix}")
     return checkpoint
 
 
@@ -490,22 +502,35 @@ def load_checkpoint(args: Args) -> dict:
     if owner != script:
         raise ValueError(f"{path!r} is not a checkpoint of {script} (written by: {owner}); {fix}")
     trained, given = checkpoint["args"], command_line_fields(args)
-    free = {"exp_name", "torch_deterministic", "cuda", "num_threads", "capture_video", "save_model"}
+    free = {"torch_deterministic", "cuda", "num_threads", "capture_video", "save_model"}
     free |= {"checkpoint_minutes", "eval_episodes", "eval_deterministic", "total_timesteps"}
     names = ["env_id"] if args.eval_checkpoint else [f.name for f in fields(args) if f.name != "resume"]
-    for name in (name for name in names if name in trained):
+    for name in names:
         flag = "--" + name.replace("_", "-")
-        if name not in given:
+        if name not in trained and name not in given | free:  # an argument added after the checkpoint was written
+            raise ValueError(f"{path!r} was written without {flag}: give {flag} to resume it")
+        if name in trained and name not in given:
             setattr(args, name, trained[name])
-        elif getattr(args, name) != trained[name] and name not in free:
+        elif name in trained and getattr(args, name) != trained[name] and name not in free:
             raise ValueError(
                 f"{flag} {getattr(args, name)} conflicts with {path!r}'s {flag} {trained[name]}; drop {flag}"
             )
-    if args.resume and (set(checkpoint["optimizer"]) != {"state", "param_groups"} or "run_name" not in checkpoint):
-        raise ValueError(f"{path!r} is from an older version of this script; evaluate it, or train without --resume")
     if args.resume and checkpoint["iteration"] >= args.num_iterations:
         raise ValueError(f"{path!r} holds {checkpoint['global_step']} steps; raise --total-timesteps to continue")
     return checkpoint
+
+
+def check_checkpoint(checkpoint: dict, agent: nn.Module, optimizer, args: Args) -> None:
+    """Raises ValueError unless the checkpoint fits the network and (--resume) the optimizer this code builds."""
+    ours, saved = ({k: tuple(v.shape) for k, v in model.items()} for model in (agent.state_dict(), checkpoint["model"]))
+    if ours != saved:
+        changed = sorted(set(ours.items()) ^ set(saved.items()))[:2]
+        raise ValueError(f"the checkpoint's network differs from this script's in {changed}; train without it")
+    settings = [{**g, "params": 0, "lr": 0} for g in optimizer.state_dict()["param_groups"]]  # lr: scheduled
+    if args.resume and settings != [{**g, "params": 0, "lr": 0} for g in checkpoint["optimizer"]["param_groups"]]:
+        raise ValueError(
+            f"the checkpoint's optimizer settings differ from this script's {settings}; train without --resume"
+        )
 
 
 def save_checkpoint(path, agent: nn.Module, optimizer, args: Args, iteration: int, global_step: int, **state) -> None:
@@ -514,7 +539,6 @@ def save_checkpoint(path, agent: nn.Module, optimizer, args: Args, iteration: in
     checkpoint.update(args=asdict(args), iteration=iteration, global_step=global_step, rng=torch.get_rng_state())
     device = next(agent.parameters()).device
     checkpoint["cuda_rng"] = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    checkpoint["run_name"] = os.path.basename(os.path.dirname(path))  # the run folder --resume continues
     torch.save({**checkpoint, **state}, path + ".tmp")
     os.replace(path + ".tmp", path)  # a kill mid-save never leaves a half-written checkpoint
 

@@ -58,16 +58,16 @@ def test_gae_matches_naive_loop_with_terminations_and_truncations(ppo):
     truncations[-1, :] = [False, True, False]
     expected = naive_gae(rewards, values, terminations, truncations, final_values, next_value, gamma, gae_lambda)
 
-    # the scripts' convention: the truncation bootstrap is folded into the reward, and
-    # dones[t] = "obs[t] starts an episode" = the step before it ended one
+    # the scripts' convention: the rewards as the env gave them, V(final obs) of the truncated steps passed
+    # explicitly (0 elsewhere), and dones[t] = "obs[t] starts an episode" = the step before it ended one
     ended = terminations | truncations
-    folded = rewards + gamma * final_values * truncations
     dones = np.zeros_like(rewards)
     dones[1:] = ended[:-1]
     f32 = lambda x: np.asarray(x, dtype=np.float32)  # noqa: E731  (the rollout storage's dtype)
     advantages, returns = ppo.compute_gae(
-        f32(folded), f32(values), f32(dones), f32(next_value), f32(ended[-1]), gamma, gae_lambda
-    )
+        f32(rewards), f32(values), f32(dones), f32(final_values * truncations), f32(next_value), f32(ended[-1]),
+        gamma, gae_lambda,
+    )  # fmt: skip
     assert advantages.shape == (num_steps, num_envs)
     # float32 sums of up to 40 terms of magnitude ~1: 1e-5 is a few float32 ulps of the result
     np.testing.assert_allclose(advantages, expected, rtol=1e-5, atol=1e-5)
@@ -83,7 +83,7 @@ def test_gae_closed_form_single_reward_at_the_end(ppo):
     values, dones = np.zeros((num_steps, 1), dtype=np.float32), np.zeros((num_steps, 1), dtype=np.float32)
     next_value, next_done = np.full(1, 123.0, dtype=np.float32), np.ones(1, dtype=np.float32)  # 123 must not leak in
     for gae_lambda in (0.95, 1.0):
-        advantages, returns = ppo.compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda)
+        advantages, returns = ppo.compute_gae(rewards, values, dones, values * 0, next_value, next_done, gamma, gae_lambda)
         expected = [(gamma * gae_lambda) ** (num_steps - 1 - t) for t in range(num_steps)]
         np.testing.assert_allclose(advantages[:, 0], expected, rtol=1e-6)  # float32 products of ≤ 10 factors
     np.testing.assert_allclose(returns[:, 0], [gamma ** (num_steps - 1 - t) for t in range(num_steps)], rtol=1e-6)
@@ -92,7 +92,7 @@ def test_gae_closed_form_single_reward_at_the_end(ppo):
 def test_gae_bootstraps_from_next_value_when_not_done(ppo):
     gamma, gae_lambda = 0.5, 1.0
     rewards, values, dones = np.zeros((2, 1)), np.zeros((2, 1)), np.zeros((2, 1))
-    advantages, _ = ppo.compute_gae(rewards, values, dones, np.full(1, 8.0), np.zeros(1), gamma, gae_lambda)
+    advantages, _ = ppo.compute_gae(rewards, values, dones, values, np.full(1, 8.0), np.zeros(1), gamma, gae_lambda)
     np.testing.assert_array_equal(advantages[:, 0], [2.0, 4.0])  # exact: powers of two
 
 
