@@ -17,7 +17,7 @@ import pytest
 import torch
 import tyro
 from ale_py.vector_env import AtariVectorEnv
-from conftest import load_script, problem, run_script, scalars
+from conftest import SCRIPTS, load_script, problem, run_script, scalars
 
 SCRIPT = "ppo_atari.py"
 # Asterix: an untrained policy ends a game in about 180-250 steps; 3 lives; a reward is 50 points,
@@ -329,3 +329,48 @@ def test_ale_ids_do_not_nest_run_folders(tmp_path):
     run_script(SCRIPT, [*args, "--eval-episodes", "0"], tmp_path)
     (run_dir,) = glob.glob(str(tmp_path / "runs" / "*"))
     assert os.path.basename(run_dir).startswith("ALE-Breakout-v5__ppo_atari__1__")
+
+
+def test_capture_video_records_env_0s_games(ppo, tmp_path):
+    """--capture-video: the first video is env 0's first game (all its lives), one frame per agent step, so as
+    many frames as the game has steps, or one less (moviepy may drop the last frame: it writes n frames at f fps as
+    a clip of duration n / f, rounded). Env 1's first game is checked to be 2 or more steps longer or shorter,
+    so that a video of env 1 fails the check."""
+    import imageio.v2 as imageio
+
+    args = ["--env-id", GAME_ID, *SCRIPTS[SCRIPT]["tiny"], "--capture-video", "--eval-episodes", "0"]
+    run = train(ppo, tmp_path, args)
+    s = stacked(run)
+    game_over = s["terminations"] | s["truncations"]
+    first_game = [int(np.flatnonzero(game_over[:, i])[0]) + 1 for i in (0, 1)]  # IndexError: no game over
+    assert abs(first_game[0] - first_game[1]) >= 2, first_game
+    (run_dir,) = glob.glob(str(tmp_path / "runs" / "*"))
+    video = tmp_path / "videos" / os.path.basename(run_dir) / "rl-video-episode-0.mp4"
+    with imageio.get_reader(str(video), "ffmpeg") as reader:
+        assert reader.count_frames() in (first_game[0], first_game[0] - 1), first_game
+
+
+def test_sticky_actions_of_a_v5_id_show_in_its_games(ppo):
+    """ALE/Breakout-v5 repeats the previous action instead of the new one with probability 0.25 at each frame
+    (sticky actions); BreakoutNoFrameskip-v4 never does. Played through make_envs with the same seed and the same
+    actions, each id replays its own game exactly, and the two ids' games part (here from the reset on: the
+    reset's FIRE can stick to the NOOP before it, which changes when the ball is served)."""
+    actions = np.random.default_rng(0).integers(0, 4, size=(100, 1))
+
+    def play(env_id):
+        envs = ppo.make_envs(env_id, 1, False, "")
+        obs, _ = envs.reset(seed=5)
+        observations, rewards = [obs], []
+        for action in actions:
+            obs, reward, _, _, _ = envs.step(action)
+            observations.append(obs)
+            rewards.append(reward)
+        envs.close()
+        return np.stack(observations), np.stack(rewards)
+
+    sticky, sticky_again = play("ALE/Breakout-v5"), play("ALE/Breakout-v5")
+    plain, plain_again = play("BreakoutNoFrameskip-v4"), play("BreakoutNoFrameskip-v4")
+    for a, b in [(sticky, sticky_again), (plain, plain_again)]:
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(sticky[0], plain[0])

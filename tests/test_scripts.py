@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import tyro
@@ -433,3 +434,52 @@ def test_capture_video_writes_mp4_of_env_0(script, tmp_path):
     (run_dir,) = run_dirs(tmp_path)
     videos = glob.glob(str(tmp_path / "videos" / os.path.basename(run_dir) / "*.mp4"))
     assert videos and all(os.path.getsize(v) > 0 for v in videos)
+
+
+@pytest.mark.parametrize("script", ["ppo_discrete.py", "ppo_continuous.py"])
+def test_capture_video_records_env_0s_episodes(script, tmp_path, monkeypatch):
+    """The videos are env 0's episodes, on gymnasium's capped cubic schedule (0, 1, 8, 27, ...): RecordVideo keeps
+    the reset's frame and one per step, so a video has its episode's length + 1 frames, or its length (moviepy
+    may drop the last frame: it writes n frames at f fps as a clip of duration n / f, rounded). Env 1's episodes
+    are checked to differ in length by 2 or more in one video, so a recording of env 1 fails the check. Run
+    in-process, with the vector env's steps recorded (ppo_atari.py records env 0 its own way: tests/test_atari.py)."""
+    import imageio.v2 as imageio
+    from gymnasium.utils.save_video import capped_cubic_video_schedule
+
+    ppo, ended = load_script(script), []  # ended: per step, the envs whose episode ended at that step
+    make_envs = ppo.make_envs
+
+    def recorded_envs(*a, **kw):
+        envs = make_envs(*a, **kw)
+        step = envs.step
+
+        def recorded_step(actions):
+            result = step(actions)
+            ended.append(result[2] | result[3])
+            return result
+
+        envs.step = recorded_step
+        return envs
+
+    monkeypatch.setattr(ppo, "make_envs", recorded_envs)
+    monkeypatch.chdir(tmp_path)
+    args = tyro.cli(ppo.Args, args=[*tiny(script), "--num-envs", "2", "--capture-video", "--eval-episodes", "0"])
+    # main installs its signal handlers and sets torch's threads: both are restored for the next tests
+    handlers, num_threads = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}, torch.get_num_threads()
+    try:
+        ppo.main(args)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        torch.set_num_threads(num_threads)
+    ended = np.array(ended)
+    assert ended.shape == (args.total_timesteps // 2, 2)
+    lengths = [np.diff(np.flatnonzero(ended[:, i]) + 1, prepend=0) for i in (0, 1)]  # each env's whole episodes
+    recorded = [k for k in range(min(map(len, lengths))) if capped_cubic_video_schedule(k)]
+    assert recorded[:2] == [0, 1]
+    assert any(abs(lengths[0][k] - lengths[1][k]) >= 2 for k in recorded)  # env 1's videos would differ
+    (run_dir,) = run_dirs(tmp_path)
+    for k in recorded:
+        video = tmp_path / "videos" / os.path.basename(run_dir) / f"rl-video-episode-{k}.mp4"
+        with imageio.get_reader(str(video), "ffmpeg") as reader:
+            assert reader.count_frames() in (lengths[0][k] + 1, lengths[0][k]), (k, lengths)

@@ -10,7 +10,8 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, SCRIPTS, run_dirs, run_script, scalars
+import tyro
+from conftest import ROOT, SCRIPTS, load_script, run_dirs, run_script, scalars
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 WORKER = str(ROOT / "tests" / "torchrun_worker.py")
@@ -98,3 +99,59 @@ def test_a_bad_argument_under_torchrun_is_said_once_and_nothing_is_written(tmp_p
     assert proc.returncode != 0
     assert stderr.count("ppo_discrete.py: error: --num-envs must divide by the 2 torchrun processes\n") == 1
     assert run_dirs(tmp_path) == []
+
+
+def test_each_update_steps_with_the_mean_of_the_ranks_gradients(tmp_path):
+    """The gradient each rank clips and steps with is the mean of the two ranks' own gradients, at every
+    update: what one process would compute on both minibatches with the mean loss. A sum, a max or rank 0's
+    gradient sent to both would also keep the ranks identical; only the mean passes here."""
+    script = "ppo_discrete.py"
+    env = {**os.environ, "WORKER_KEEP_GRADS": "1"}
+    args = [*two_process_args(script), "--eval-episodes", "0"]
+    proc = torchrun(script, args, tmp_path, env=env, stderr=subprocess.PIPE)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    rank0, rank1 = kept(tmp_path)
+    parsed = tyro.cli(load_script(script).Args, args=args)
+    updates = parsed.num_iterations * parsed.update_epochs * parsed.num_minibatches  # 64 on the tiny budget
+    assert [len(rank[key]) for rank in (rank0, rank1) for key in ("own_grads", "reduced_grads")] == [updates] * 4
+    for own0, own1, reduced0, reduced1 in zip(
+        rank0["own_grads"], rank1["own_grads"], rank0["reduced_grads"], rank1["reduced_grads"], strict=True
+    ):
+        assert own0.keys() == own1.keys() == reduced0.keys() == reduced1.keys() == dict(rank0["model"]).keys()
+        for name in own0:
+            a, b = own0[name], own1[name]
+            assert torch.equal(reduced0[name], reduced1[name])  # the same step on both ranks
+            # a + b in float32 rounds once (at most 2^-24 of |a| + |b|) and / 2 is exact, in whatever order
+            # the collective adds: 1e-6 of |a| + |b| is 16 roundings. A sum is off by |a + b| / 2, a max or
+            # rank 0's gradient by |a - b| / 2, and the two ranks' gradients differ by far more (below).
+            bound = 1e-6 * (a.abs() + b.abs()) + torch.finfo(torch.float32).tiny
+            assert ((reduced0[name] - (a + b) / 2).abs() <= bound).all(), name
+    # the check has teeth: the ranks' own gradients differ (their minibatches hold different envs' steps)
+    a, b = (
+        torch.cat([g.flatten() for g in rank0["own_grads"][0].values()]),
+        torch.cat([g.flatten() for g in rank1["own_grads"][0].values()]),
+    )
+    assert (a - b).abs().max() > 0.1 * torch.maximum(a.abs(), b.abs()).max()
+    assert (a + b).abs().max() > 0.1 * torch.maximum(a.abs(), b.abs()).max()
+
+
+def test_a_frozen_layer_trains_under_torchrun_and_stays_as_it_was(tmp_path):
+    """A researcher freezes the critic's first layer (requires_grad_(False)): its parameters have no gradient,
+    which the all-reduce must skip; the layer keeps rank 0's initial weights on both ranks, the rest trains."""
+    script, frozen = "ppo_discrete.py", "critic.0"
+    env = {**os.environ, "WORKER_FREEZE": frozen}
+    args = [*two_process_args(script), "--eval-episodes", "0"]
+    proc = torchrun(script, args, tmp_path, env=env, stderr=subprocess.PIPE)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    rank0, rank1 = kept(tmp_path)
+    assert same_weights(rank0["model"], rank1["model"])
+    names = [name for name in rank0["model"] if name.startswith(frozen + ".")]
+    assert names == [f"{frozen}.weight", f"{frozen}.bias"]
+    for name in names:  # every rank starts from rank 0's weights
+        assert torch.equal(rank0["model"][name], rank0["initial"][name])
+        assert torch.equal(rank1["model"][name], rank0["initial"][name])
+    # the rest trained: every other layer moved
+    for name in rank0["model"].keys() - set(names):
+        assert not torch.equal(rank0["model"][name], rank0["initial"][name]), name

@@ -1,6 +1,11 @@
 """Runs one rank of a script under torchrun, as `torchrun ... tests/torchrun_worker.py SCRIPT OUT ARGS...`,
 and writes what the rank ended with to OUT/rank{RANK}.pt: its weights, how many episodes its envs ended, and
-(penalty scripts) the d of each β update."""
+(penalty scripts) the d of each β update.
+
+Two environment variables change the run: WORKER_FREEZE=NAME freezes the agent's submodule NAME (e.g.
+critic.0) as a researcher would, with requires_grad_(False), and keeps the agent's weights at its creation;
+WORKER_KEEP_GRADS=1 keeps each update's gradient twice, as backward() left it (this rank's own) and as
+clip_grad_norm_ receives it (after the ranks' all-reduce)."""
 
 import os
 import sys
@@ -15,9 +20,16 @@ agents, made_envs = [], []
 make_envs = ppo.make_envs
 
 
+freeze = os.environ.get("WORKER_FREEZE")
+initial = {}  # WORKER_FREEZE: the weights this rank's agent was created with
+
+
 class KeptAgent(ppo.Agent):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
+        if freeze:
+            self.get_submodule(freeze).requires_grad_(False)
+            initial.update({name: value.clone() for name, value in self.state_dict().items()})
         agents.append(self)
 
 
@@ -36,11 +48,31 @@ if hasattr(ppo, "update_kl_coef"):
         return update_kl_coef(kl_coef, kl, kl_target)
 
     ppo.update_kl_coef = kept_update_kl_coef
+own_grads, reduced_grads = [], []  # WORKER_KEEP_GRADS: per update, {parameter name: gradient}
+
+
+def grads() -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in agents[0].named_parameters() if p.grad is not None}
+
+
+if os.environ.get("WORKER_KEEP_GRADS"):
+    backward, clip_grad_norm_ = torch.Tensor.backward, torch.nn.utils.clip_grad_norm_
+
+    def kept_backward(self, *a, **kw):  # the loss's backward(): after it, p.grad is this rank's own gradient
+        backward(self, *a, **kw)
+        own_grads.append(grads())
+
+    def kept_clip_grad_norm_(*a, **kw):  # called on the gradient the ranks agreed on, before clipping it
+        reduced_grads.append(grads())
+        return clip_grad_norm_(*a, **kw)
+
+    torch.Tensor.backward, torch.nn.utils.clip_grad_norm_ = kept_backward, kept_clip_grad_norm_
 sys.argv = [script, *args]  # the script reads which arguments were given
 try:
     ppo.main(tyro.cli(ppo.Args, args=args))
 finally:
     if agents:  # the rank got past the argument checks
         episodes = len(made_envs[0].return_queue)  # RecordEpisodeStatistics keeps the last 100 returns
-        kept = {"model": agents[0].state_dict(), "episodes": episodes, "kl": kl_seen}
+        kept = {"model": agents[0].state_dict(), "episodes": episodes, "kl": kl_seen, "initial": initial}
+        kept.update(own_grads=own_grads, reduced_grads=reduced_grads)
         torch.save(kept, os.path.join(out, f"rank{os.environ['RANK']}.pt"))
