@@ -82,6 +82,7 @@ class Args:
 
 # ---- environment ----
 def make_envs(env_id: str, num_envs: int, capture_video: bool, run_name: str) -> gym.vector.VectorEnv:
+    # evaluate() makes fresh envs here too: a wrapper's state restarts there unless handed over (ppo_continuous.py: obs_rms)
     # The standard preprocessing (DQN Nature; Machado et al. 2018, https://arxiv.org/abs/1709.06009), in C++
     # threads, with the id's own protocol: v5 ids repeat the last action with probability 0.25 (sticky
     # actions), v4 ids never. Rewards stay raw: the logged return is the score. episodic_life stays off:
@@ -111,7 +112,7 @@ class RecordVideoEnv0(gym.vector.VectorWrapper):
         self.screen, self.video_folder, self.episode_id, self.frames = screen, video_folder, 0, []
 
     def reset(self, *, seed=None, options=None):
-        self.screen.reset(seed=None if seed is None else seed[:1])  # env 0's seed
+        self.screen.reset(seed=seed[:1] if isinstance(seed, np.ndarray) else seed)  # env 0's seed
         return self.env.reset(seed=seed, options=options)
 
     def step(self, actions):

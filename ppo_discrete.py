@@ -87,6 +87,7 @@ def make_env(env_id: str, idx: int, capture_video: bool, run_name: str) -> gym.E
 
 
 def make_envs(env_id: str, num_envs: int, capture_video: bool, run_name: str) -> gym.vector.VectorEnv:
+    # evaluate() makes fresh envs here too: a wrapper's state restarts there unless handed over (ppo_continuous.py: obs_rms)
     # SAME_STEP autoreset: the step that ends an episode returns the next episode's first obs, and the
     # ended one's last obs in info["final_obs"] (https://farama.org/Vector-Autoreset-Mode)
     thunks = [functools.partial(make_env, env_id, i, capture_video, run_name) for i in range(num_envs)]

@@ -83,7 +83,9 @@ def test_gae_closed_form_single_reward_at_the_end(ppo):
     values, dones = np.zeros((num_steps, 1), dtype=np.float32), np.zeros((num_steps, 1), dtype=np.float32)
     next_value, next_done = np.full(1, 123.0, dtype=np.float32), np.ones(1, dtype=np.float32)  # 123 must not leak in
     for gae_lambda in (0.95, 1.0):
-        advantages, returns = ppo.compute_gae(rewards, values, dones, values * 0, next_value, next_done, gamma, gae_lambda)
+        advantages, returns = ppo.compute_gae(
+            rewards, values, dones, values * 0, next_value, next_done, gamma, gae_lambda
+        )
         expected = [(gamma * gae_lambda) ** (num_steps - 1 - t) for t in range(num_steps)]
         np.testing.assert_allclose(advantages[:, 0], expected, rtol=1e-6)  # float32 products of ≤ 10 factors
     np.testing.assert_allclose(returns[:, 0], [gamma ** (num_steps - 1 - t) for t in range(num_steps)], rtol=1e-6)
