@@ -113,3 +113,34 @@ def test_results_are_saved_under_the_lock(learning, tmp_path):
         assert saver.is_alive() and not (tmp_path / "results.json").exists()
     saver.join(timeout=10)
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == [row]
+
+
+def test_atari_fire_variant_presses_fire_after_each_life_loss(tmp_path, monkeypatch):
+    """benchmarks/atari_fire.py's copy of ppo_atari.py takes FIRE as the action right after a life loss (and only
+    then), and refuses a ppo_atari.py its patches no longer fit."""
+    fire = load_benchmark("atari_fire")
+    variant_path = tmp_path / "ppo_atari_fire.py"
+    variant_path.write_text(fire.fire_after_life_loss((ROOT / "ppo_atari.py").read_text()))
+    variant = load_script(str(variant_path))
+    taken, lost = [], []
+    step = variant.AtariVectorEnv.step
+
+    def recording_step(self, actions):
+        result = step(self, actions)
+        taken.append(np.array(actions, copy=True))
+        lost.append(result[4]["lives"].copy())
+        return result
+
+    monkeypatch.setattr(variant.AtariVectorEnv, "step", recording_step)
+    monkeypatch.chdir(tmp_path)
+    args = ["--num-envs", "2", "--num-steps", "128", "--total-timesteps", "512", "--eval-episodes", "0"]
+    monkeypatch.setattr("sys.argv", ["ppo_atari_fire.py", *args, "--update-epochs", "1", "--num-threads", "1"])
+    import tyro
+
+    variant.main(tyro.cli(variant.Args, args=[*args, "--update-epochs", "1", "--num-threads", "1"]))
+    lives = np.stack(lost)  # (steps, envs) after each step
+    life_lost = (lives[1:] < lives[:-1]) & (lives[1:] > 0)  # a life lost at step t + 1, the game going on
+    assert life_lost.any(), "the run must lose a life"
+    np.testing.assert_array_equal(np.stack(taken)[2:][life_lost[:-1]], 1)  # FIRE, the step after each loss
+    with pytest.raises(SystemExit, match="ppo_atari.py changed"):
+        fire.fire_after_life_loss("")

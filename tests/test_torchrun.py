@@ -155,3 +155,36 @@ def test_a_frozen_layer_trains_under_torchrun_and_stays_as_it_was(tmp_path):
     # the rest trained: every other layer moved
     for name in rank0["model"].keys() - set(names):
         assert not torch.equal(rank0["model"][name], rank0["initial"][name]), name
+
+
+@pytest.mark.parametrize("script", ["ppo_continuous.py"])
+def test_the_ranks_normalization_statistics_merge_into_those_of_all_their_steps(script, tmp_path):
+    """After each iteration every rank holds one statistic of every rank's steps: the counts of the steps each rank
+    added since the last merge summed onto the shared one, and their sums (mean · count) too; a plain average of the
+    ranks' means and variances, or a prior counted once per rank, fails."""
+    import numpy as np
+
+    args = [*two_process_args(script), "--total-timesteps", "512", "--eval-episodes", "0"]
+    proc = torchrun(script, args, tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    rank0, rank1 = (
+        {"merges": [[(m.numpy(), v.numpy(), c) for m, v, c in pair] for pair in r["merges"]]} for r in kept(tmp_path)
+    )
+    assert len(rank0["merges"]) == len(rank1["merges"]) == 2 * 4  # obs and return statistics, 4 iterations
+    priors = [(np.zeros(rank0["merges"][k][0][0].shape), np.ones(rank0["merges"][k][0][1].shape), 1e-4) for k in (0, 1)]
+    for k, ((own0, merged0), (own1, merged1)) in enumerate(zip(rank0["merges"], rank1["merges"], strict=True)):
+        for a, b in zip(merged0, merged1, strict=True):
+            np.testing.assert_array_equal(a, b)  # the same statistic on both ranks
+        prior_mean, prior_var, prior_count = priors[k % 2]
+        added = [own[2] - prior_count for own in (own0, own1)]
+        assert min(added) > 0  # each rank saw steps of its own since the last merge
+        count = prior_count + sum(added)
+        assert merged0[2] == pytest.approx(count, rel=1e-12)  # float64 sums of a few hundred
+        mean = (prior_count * prior_mean + sum(o[2] * o[0] - prior_count * prior_mean for o in (own0, own1))) / count
+        # float64 moments of normalized-scale values (|x| up to ~10): 1e-9 leaves room for the sums' rounding
+        np.testing.assert_allclose(merged0[0], mean, rtol=1e-9, atol=1e-12)
+        squares = prior_count * (prior_var + prior_mean**2)
+        squares += sum(o[2] * (o[1] + o[0] ** 2) - prior_count * (prior_var + prior_mean**2) for o in (own0, own1))
+        np.testing.assert_allclose(merged0[1], squares / count - mean**2, rtol=1e-9, atol=1e-12)
+        priors[k % 2] = merged0

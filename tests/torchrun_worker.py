@@ -5,7 +5,8 @@ and writes what the rank ended with to OUT/rank{RANK}.pt: its weights, how many 
 Two environment variables change the run: WORKER_FREEZE=NAME freezes the agent's submodule NAME (e.g.
 critic.0) as a researcher would, with requires_grad_(False), and keeps the agent's weights at its creation;
 WORKER_KEEP_GRADS=1 keeps each update's gradient twice, as backward() left it (this rank's own) and as
-clip_grad_norm_ receives it (after the ranks' all-reduce)."""
+clip_grad_norm_ receives it (after the ranks' all-reduce). The continuous scripts: each merge of the
+normalization statistics is kept as (this rank's own statistic before it, the merged one)."""
 
 import os
 import sys
@@ -67,6 +68,18 @@ if os.environ.get("WORKER_KEEP_GRADS"):
         return clip_grad_norm_(*a, **kw)
 
     torch.Tensor.backward, torch.nn.utils.clip_grad_norm_ = kept_backward, kept_clip_grad_norm_
+merges = []  # the continuous scripts: per merge, ((mean, var, count) of this rank before it, merged)
+if hasattr(ppo, "merge_moments"):
+    merge_moments = ppo.merge_moments
+
+    def kept_merge_moments(sums):
+        merged = merge_moments(sums)
+        rms = [made_envs[0].obs_rms, made_envs[0].return_rms][len(merges) % 2]  # main merges obs, then return
+        as_tensors = lambda stat: (torch.as_tensor(stat[0]), torch.as_tensor(stat[1]), float(stat[2]))  # noqa: E731
+        merges.append((as_tensors((rms.mean, rms.var, rms.count)), as_tensors(merged)))  # weights-only loadable
+        return merged
+
+    ppo.merge_moments = kept_merge_moments
 sys.argv = [script, *args]  # the script reads which arguments were given
 try:
     ppo.main(tyro.cli(ppo.Args, args=args))
@@ -74,5 +87,5 @@ finally:
     if agents:  # the rank got past the argument checks
         episodes = len(made_envs[0].return_queue)  # RecordEpisodeStatistics keeps the last 100 returns
         kept = {"model": agents[0].state_dict(), "episodes": episodes, "kl": kl_seen, "initial": initial}
-        kept.update(own_grads=own_grads, reduced_grads=reduced_grads)
+        kept.update(own_grads=own_grads, reduced_grads=reduced_grads, merges=merges)
         torch.save(kept, os.path.join(out, f"rank{os.environ['RANK']}.pt"))
