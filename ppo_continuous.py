@@ -542,9 +542,7 @@ def check_checkpoint(checkpoint: dict, agent: nn.Module, optimizer, args: Args) 
         raise ValueError(f"the checkpoint's network differs from this script's in {changed}; train without it")
     settings = [{**g, "params": 0, "lr": 0} for g in optimizer.state_dict()["param_groups"]]  # lr: scheduled
     if args.resume and settings != [{**g, "params": 0, "lr": 0} for g in checkpoint["optimizer"]["param_groups"]]:
-        raise ValueError(
-            f"the checkpoint's optimizer settings differ from this script's {settings}; train without --resume"
-        )
+        raise ValueError(f"the checkpoint's optimizer settings differ from this code's {settings}; drop --resume")
 
 
 def save_checkpoint(path, agent: nn.Module, optimizer, args: Args, iteration: int, global_step: int, **state) -> None:

@@ -222,16 +222,19 @@ def test_signal_mid_run_stops_cleanly_with_log_and_checkpoint(script, tmp_path, 
 
 def test_ctrl_c_during_the_final_evaluation_keeps_the_finished_runs_checkpoint(script, tmp_path):
     args = [*tiny(script), "--save-model", "--eval-episodes", "100000"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=tmp_path, stderr=subprocess.PIPE)
+    command = [sys.executable, str(ROOT / script), *args]
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not glob.glob(str(tmp_path / "runs" / "*" / "*.pt")):
         time.sleep(0.2)  # the checkpoint of the last iteration is written before the evaluation starts
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.5)
+    for line in proc.stdout:  # two signals that arrive before Python runs its handler count as one: wait for it
+        if "SIGINT: stopping" in line:
+            break
     proc.send_signal(signal.SIGINT)  # the second Ctrl-C aborts the evaluation at once
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGINT and b"Traceback" not in stderr, stderr.decode()
+    assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in stderr, stderr
     (run_dir,) = run_dirs(tmp_path)
     checkpoint = torch.load(checkpoint_path(run_dir, script), weights_only=True)
     assert checkpoint["global_step"] == scalars(run_dir)["losses/value_loss"][-1][0]
