@@ -251,6 +251,47 @@ def test_a_checkpoint_of_another_network_is_refused_before_anything_is_written(s
     assert snapshot(folder) == files  # no event file, the checkpoint as it was
 
 
+def with_running_mean(ppo):
+    """ppo.Agent with state a researcher adds to the model: a running mean of the observations, as a buffer."""
+
+    class Agent(ppo.Agent):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.register_buffer("obs_mean", torch.zeros(args[0]))
+
+        def get_value(self, x):
+            self.obs_mean.mul_(0.99).add_(0.01 * x.float().mean(0))  # new state, updated as the agent is used
+            return super().get_value(x)
+
+    return Agent
+
+
+@pytest.mark.parametrize("script", ["ppo_discrete.py", "ppo_continuous.py"])
+def test_state_added_as_a_module_buffer_travels_with_the_weights_and_an_older_checkpoint_is_refused(
+    script, trained, tmp_path
+):
+    folder, path = copied_run(trained(script), tmp_path / "run")
+    ppo = load_script(script)
+    ppo.Agent = with_running_mean(ppo)
+    argv = ["--resume", path, "--total-timesteps", doubled(path), "--eval-episodes", "0", *ONE_THREAD]
+    assert "network differs" in refused(ppo, script, argv, tmp_path / "cwd")  # written before the buffer existed
+    run_main(ppo, script, [*tiny(script, "--save-model"), *ONE_THREAD], tmp_path / "new")
+    (new_path,) = glob.glob(str(tmp_path / "new" / "runs" / "*" / "*.pt"))
+    saved = torch.load(new_path, weights_only=True)["model"]["obs_mean"]
+    assert saved.abs().sum() > 0  # it moved during training and was saved with the weights
+    seen = []
+    get_value = ppo.Agent.get_value
+
+    def first_value(self, x):  # the buffer as the resumed run starts using it
+        if not seen:
+            seen.append(self.obs_mean.clone())
+        return get_value(self, x)
+
+    ppo.Agent.get_value = first_value
+    run_main(ppo, script, ["--resume", new_path, "--total-timesteps", doubled(new_path), *ONE_THREAD], tmp_path / "c")
+    torch.testing.assert_close(seen[0], saved, rtol=0, atol=0)  # restored exactly, by the weights' own load
+
+
 def adamw(params, **kwargs):
     """torch.optim.Adam edited into AdamW with weight decay."""
     return torch.optim.AdamW(params, **kwargs, weight_decay=0.01)
