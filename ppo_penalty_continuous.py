@@ -103,7 +103,7 @@ def make_env(env_id: str, idx: int, capture_video: bool, run_name: str) -> gym.E
 
 
 def make_envs(env_id: str, num_envs: int, capture_video: bool, run_name: str, gamma: float) -> gym.vector.VectorEnv:
-    # evaluate() makes fresh envs here too: a wrapper's state restarts there unless handed over (ppo_continuous.py: obs_rms)
+    # evaluate() builds fresh envs here too: the state of a wrapper added here starts afresh there
     # SAME_STEP autoreset: the step that ends an episode returns the next episode's first obs, and the
     # ended one's last obs in info["final_obs"] (https://farama.org/Vector-Autoreset-Mode)
     thunks = [functools.partial(make_env, env_id, i, capture_video, run_name) for i in range(num_envs)]
@@ -241,7 +241,7 @@ def main(args: Args) -> None:
     run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
     model_path = args.resume or f"runs/{run_name}/{args.exp_name}.pt"  # --resume rewrites the file it resumes
     run_dir = os.path.dirname(os.path.abspath(model_path))  # a resumed run goes on in its checkpoint's folder
-    if args.resume:  # its videos go beside the first run's, none overwritten
+    if args.resume:  # its videos go to videos/ in the working directory, beside the first run's, none overwritten
         run_name = f"{os.path.basename(run_dir)}/from-step-{checkpoint['global_step']}"
 
     random.seed(args.seed + rank)  # seed < 2**31 and rank < 2**31: every derived seed fits numpy's 32 bits
@@ -301,7 +301,7 @@ def main(args: Args) -> None:
     actions = np.zeros((args.num_steps, local_num_envs) + envs.single_action_space.shape, dtype=np.float32)
     logprobs, rewards, dones, final_values = np.zeros((4, args.num_steps, local_num_envs), dtype=np.float32)
 
-    priors = [moment_sums(rms.mean, rms.var, rms.count) for rms in (envs.obs_rms, envs.return_rms)]  # every rank's
+    priors = [moment_sums(rms.mean, rms.var, rms.count) for rms in (envs.obs_rms, envs.return_rms)]  # all ranks'
     stop = handle_stop_signals()
     start_time = last_print = last_save = time.time()
     start_step, iteration = global_step, start_iteration - 1
@@ -383,11 +383,12 @@ def main(args: Args) -> None:
                     loss.backward()
                     if world_size > 1:  # the mean gradient over the ranks' minibatches: the same step on every rank
                         params = [p for p in agent.parameters() if p.requires_grad]  # not a frozen layer
-                        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]  # unused: 0
-                        flat = torch.cat([g.flatten() for g in grads])  # one all-reduce: each call pays a fixed latency
+                        for p in (p for p in params if p.grad is None):  # unused in this step here: 0
+                            p.grad = torch.zeros_like(p)
+                        flat = torch.cat([p.grad.flatten() for p in params])  # one all-reduce: a fixed latency each
                         dist.all_reduce(flat, op=dist.ReduceOp.AVG)
                         for p, averaged in zip(params, flat.split([p.numel() for p in params]), strict=True):
-                            p.grad = averaged.view_as(p)
+                            p.grad.copy_(averaged.view_as(p))  # into the gradient's own layout (channels_last)
                     nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
                     optimizer.step()
                     stats = dict(policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss, clipfrac=clipfrac)
@@ -511,6 +512,7 @@ def check_args(args: Args) -> dict | None:
         (args.eval_episodes > 0 or not args.eval_deterministic, "--eval-deterministic needs --eval-episodes 1 or more"),
         (args.exp_name and os.sep not in args.exp_name, "--exp-name must be a non-empty name without '/'"),
         (args.save_model or "checkpoint_minutes" not in given, "--checkpoint-minutes needs --save-model"),
+        (args.target_kl is None or args.update_epochs > 1, "--target-kl stops after an epoch: give --update-epochs 2+"),
         (args.kl_coef > 0 or not args.adaptive_kl, "--adaptive-kl doubles or halves β: start it above 0 (--kl-coef)"),
         (args.adaptive_kl or "kl_target" not in given, "--kl-target does nothing with --no-adaptive-kl"),
         (args.clip_vloss or "clip_coef" not in given, "--clip-coef does nothing with --no-clip-vloss here"),
@@ -559,9 +561,9 @@ def load_checkpoint(args: Args) -> dict:
     if owner != script:
         raise ValueError(f"{path!r} is not a checkpoint of {script} (written by: {owner}); {fix}")
     trained, given = checkpoint["args"], command_line_fields(args)
-    free = {"torch_deterministic", "cuda", "num_threads", "capture_video", "save_model"}
-    free |= {"checkpoint_minutes", "eval_episodes", "eval_deterministic", "total_timesteps"}
-    names = ["env_id"] if args.eval_checkpoint else [f.name for f in fields(args) if f.name != "resume"]
+    free = {"resume", "exp_name", "torch_deterministic", "cuda", "num_threads", "capture_video", "save_model"}
+    free |= {"eval_checkpoint", "checkpoint_minutes", "eval_episodes", "eval_deterministic", "total_timesteps"}
+    names = ["env_id"] if args.eval_checkpoint else [f.name for f in fields(args)]
     for name in names:
         flag = "--" + name.replace("_", "-")
         if name not in trained and name not in given | free:  # an argument added after the checkpoint was written
@@ -569,9 +571,7 @@ def load_checkpoint(args: Args) -> dict:
         if name in trained and name not in given:
             setattr(args, name, trained[name])
         elif name in trained and getattr(args, name) != trained[name] and name not in free:
-            raise ValueError(
-                f"{flag} {getattr(args, name)} conflicts with {path!r}'s {flag} {trained[name]}; drop {flag}"
-            )
+            raise ValueError(f"{flag} {getattr(args, name)} conflicts with {path!r}'s {flag} {trained[name]}; drop it")
     if args.resume and checkpoint["iteration"] >= args.num_iterations:
         raise ValueError(f"{path!r} holds {checkpoint['global_step']} steps; raise --total-timesteps to continue")
     return checkpoint
@@ -583,9 +583,10 @@ def check_checkpoint(checkpoint: dict, agent: nn.Module, optimizer, args: Args) 
     if ours != saved:
         changed = sorted(set(ours.items()) ^ set(saved.items()))[:2]
         raise ValueError(f"the checkpoint's network differs from this script's in {changed}; train without it")
-    settings = [{**g, "params": 0, "lr": 0} for g in optimizer.state_dict()["param_groups"]]  # lr: scheduled
-    if args.resume and settings != [{**g, "params": 0, "lr": 0} for g in checkpoint["optimizer"]["param_groups"]]:
-        raise ValueError(f"the checkpoint's optimizer settings differ from this code's {settings}; drop --resume")
+    ours, saved = ([{**g, "params": len(g["params"]), "lr": 0} for g in state.get("param_groups", [])]  # lr: scheduled
+                   for state in (optimizer.state_dict(), checkpoint["optimizer"]))  # fmt: skip
+    if args.resume and ours != saved:  # another class shows in its settings (AdamW: decoupled_weight_decay)
+        raise ValueError(f"the checkpoint's optimizer settings {saved} differ from this code's {ours}; drop --resume")
 
 
 def save_checkpoint(path, agent: nn.Module, optimizer, args: Args, iteration: int, global_step: int, **state) -> None:

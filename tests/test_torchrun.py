@@ -101,11 +101,12 @@ def test_a_bad_argument_under_torchrun_is_said_once_and_nothing_is_written(tmp_p
     assert run_dirs(tmp_path) == []
 
 
-def test_each_update_steps_with_the_mean_of_the_ranks_gradients(tmp_path):
+@pytest.mark.parametrize("script", ["ppo_discrete.py", "ppo_atari.py"])
+def test_each_update_steps_with_the_mean_of_the_ranks_gradients(script, tmp_path):
     """The gradient each rank clips and steps with is the mean of the two ranks' own gradients, at every
     update: what one process would compute on both minibatches with the mean loss. A sum, a max or rank 0's
-    gradient sent to both would also keep the ranks identical; only the mean passes here."""
-    script = "ppo_discrete.py"
+    gradient sent to both would also keep the ranks identical; only the mean passes here. The averaged gradient
+    keeps its parameter's layout (ppo_atari.py's channels_last convolutions), which fused Adam relies on."""
     env = {**os.environ, "WORKER_KEEP_GRADS": "1"}
     args = [*two_process_args(script), "--eval-episodes", "0"]
     proc = torchrun(script, args, tmp_path, env=env, stderr=subprocess.PIPE)
@@ -115,6 +116,7 @@ def test_each_update_steps_with_the_mean_of_the_ranks_gradients(tmp_path):
     parsed = tyro.cli(load_script(script).Args, args=args)
     updates = parsed.num_iterations * parsed.update_epochs * parsed.num_minibatches  # 64 on the tiny budget
     assert [len(rank[key]) for rank in (rank0, rank1) for key in ("own_grads", "reduced_grads")] == [updates] * 4
+    assert all(rank0["layouts"]) and all(rank1["layouts"])
     for own0, own1, reduced0, reduced1 in zip(
         rank0["own_grads"], rank1["own_grads"], rank0["reduced_grads"], rank1["reduced_grads"], strict=True
     ):

@@ -183,13 +183,21 @@ def test_clip_coef_with_no_clip_vloss_is_refused_where_nothing_else_reads_it(scr
 
 
 @pytest.mark.parametrize("script", ALL)
-def test_resume_with_another_exp_name_is_refused(script, trained, tmp_path):
+def test_resume_with_another_exp_name_rewrites_the_checkpoint_it_resumes(script, trained, tmp_path):
     folder, path = copied_run(trained(script), tmp_path / "run")
-    files = snapshot(folder)
-    argv = ["--resume", path, "--total-timesteps", doubled(path), "--exp-name", "other", *ONE_THREAD]
-    message = refused(load_script(script), script, argv, tmp_path / "cwd")
-    assert "--exp-name other conflicts" in message, message
-    assert snapshot(folder) == files
+    steps = torch.load(path, weights_only=True)["global_step"]
+    argv = ["--resume", path, "--total-timesteps", doubled(path), "--exp-name", "other", "--eval-episodes", "0"]
+    run_main(load_script(script), script, [*argv, *ONE_THREAD], tmp_path / "cwd")
+    assert torch.load(path, weights_only=True)["global_step"] == 2 * steps  # the file resumed, not other.pt
+    assert not glob.glob(os.path.join(folder, "other.pt")) and os.listdir(tmp_path / "cwd") == []
+
+
+@pytest.mark.parametrize("script", ALL)
+def test_target_kl_with_one_epoch_is_refused(script):
+    ppo = load_script(script)
+    message = problem(ppo, [*tiny(script), "--target-kl", "0.01", "--update-epochs", "1"])
+    assert message is not None and "--target-kl stops after an epoch" in message, message
+    assert problem(ppo, [*tiny(script), "--target-kl", "0.01", "--update-epochs", "2"]) is None
 
 
 def test_a_seed_of_2_to_the_31_or_more_is_refused_with_exit_status_1(tmp_path):

@@ -49,7 +49,7 @@ if hasattr(ppo, "update_kl_coef"):
         return update_kl_coef(kl_coef, kl, kl_target)
 
     ppo.update_kl_coef = kept_update_kl_coef
-own_grads, reduced_grads = [], []  # WORKER_KEEP_GRADS: per update, {parameter name: gradient}
+own_grads, reduced_grads, layouts = [], [], []  # WORKER_KEEP_GRADS: per update, {parameter name: gradient}
 
 
 def grads() -> dict[str, torch.Tensor]:
@@ -65,6 +65,8 @@ if os.environ.get("WORKER_KEEP_GRADS"):
 
     def kept_clip_grad_norm_(*a, **kw):  # called on the gradient the ranks agreed on, before clipping it
         reduced_grads.append(grads())
+        # fused Adam walks a parameter and its gradient in memory order: their layouts (channels_last) must agree
+        layouts.append(all(p.grad.stride() == p.stride() for p in agents[0].parameters() if p.grad is not None))
         return clip_grad_norm_(*a, **kw)
 
     torch.Tensor.backward, torch.nn.utils.clip_grad_norm_ = kept_backward, kept_clip_grad_norm_
@@ -87,5 +89,5 @@ finally:
     if agents:  # the rank got past the argument checks
         episodes = len(made_envs[0].return_queue)  # RecordEpisodeStatistics keeps the last 100 returns
         kept = {"model": agents[0].state_dict(), "episodes": episodes, "kl": kl_seen, "initial": initial}
-        kept.update(own_grads=own_grads, reduced_grads=reduced_grads, merges=merges)
+        kept.update(own_grads=own_grads, reduced_grads=reduced_grads, layouts=layouts, merges=merges)
         torch.save(kept, os.path.join(out, f"rank{os.environ['RANK']}.pt"))
