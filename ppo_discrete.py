@@ -488,7 +488,8 @@ def check_checkpoint(checkpoint: dict, agent: nn.Module, optimizer, args: Args) 
     ours, saved = ([{**g, "params": len(g["params"]), "lr": 0} for g in state.get("param_groups", [])]  # lr: scheduled
                    for state in (optimizer.state_dict(), checkpoint["optimizer"]))  # fmt: skip
     if args.resume and ours != saved:  # another class shows in its settings (AdamW: decoupled_weight_decay)
-        raise ValueError(f"the checkpoint's optimizer settings {saved} differ from this code's {ours}; drop --resume")
+        changed = {k: (s.get(k), o[k]) for o, s in zip(ours, saved, strict=False) for k in o if s.get(k) != o[k]}
+        raise ValueError(f"the checkpoint's optimizer settings differ (checkpoint, this code): {changed or saved}")
 
 
 def save_checkpoint(path, agent: nn.Module, optimizer, args: Args, iteration: int, global_step: int, **state) -> None:

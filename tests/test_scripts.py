@@ -232,6 +232,7 @@ def test_ctrl_c_during_the_final_evaluation_keeps_the_finished_runs_checkpoint(s
     for line in proc.stdout:  # two signals that arrive before Python runs its handler count as one: wait for it
         if "SIGINT: stopping" in line:
             break
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)  # the second Ctrl-C aborts the evaluation at once
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in stderr, stderr
