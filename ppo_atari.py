@@ -252,7 +252,7 @@ def main(args: Args) -> None:
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # eps of baselines
     start_iteration, global_step, anneal_from = 1, 0, (1, args.learning_rate)  # lr: linear from anneal_from to 0
     if checkpoint is not None:
-        try:  # a checkpoint of another network or optimizer is refused before anything is written or loaded
+        try:  # a checkpoint of another network or optimizer is refused before anything is loaded or logged
             check_checkpoint(checkpoint, agent, optimizer, args)
         except ValueError as e:
             sys.exit(f"{os.path.basename(__file__)}: error: {e}" if rank == 0 else 1)

@@ -96,7 +96,7 @@ def make_env(env_id: str, idx: int, capture_video: bool, run_name: str) -> gym.E
         env = gym.wrappers.RecordVideo(gym.make(env_id, render_mode="rgb_array"), f"videos/{run_name}")
     else:
         env = gym.make(env_id)
-    env = gym.wrappers.ClipAction(gym.wrappers.FlattenObservation(env))  # the env gets the action clipped to its bounds
+    env = gym.wrappers.ClipAction(gym.wrappers.FlattenObservation(env))  # flat obs; the action clipped to bounds
     # normalized in each env, below the autoreset, so that info["final_obs"] is normalized too (one statistic)
     env = gym.wrappers.NormalizeObservation(env)
     return gym.wrappers.TransformObservation(env, lambda obs: np.clip(obs, -10.0, 10.0), env.observation_space)
@@ -264,7 +264,7 @@ def main(args: Args) -> None:
     start_iteration, global_step, anneal_from = 1, 0, (1, args.learning_rate)  # lr: linear from anneal_from to 0
     kl_coef = args.kl_coef  # β, adapted after each update unless --no-adaptive-kl
     if checkpoint is not None:
-        try:  # a checkpoint of another network or optimizer is refused before anything is written or loaded
+        try:  # a checkpoint of another network or optimizer is refused before anything is loaded or logged
             check_checkpoint(checkpoint, agent, optimizer, args)
         except ValueError as e:
             sys.exit(f"{os.path.basename(__file__)}: error: {e}" if rank == 0 else 1)
