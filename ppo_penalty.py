@@ -66,7 +66,6 @@ class Args:
     max_grad_norm: float = 0.5  # the maximum global norm of the gradient
     target_kl: float | None = None  # stop the epochs early once the approximate KL exceeds this (None: never)
     bootstrap_truncated: bool = True  # if toggled, bootstrap V(final obs) at a truncation (off: as CleanRL)
-
     # KL penalty specific arguments
     kl_coef: float = 1.0  # β₀: the initial coefficient of the KL penalty
     kl_target: float = 0.01  # d_targ: the KL the adaptive β steers towards
@@ -226,14 +225,16 @@ def main(args: Args) -> None:
     envs = make_envs(args.env_id, local_num_envs, args.capture_video and rank == 0, run_name)
     agent = Agent(envs.single_observation_space.shape[0], envs.single_action_space.n).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # eps of baselines
+    resumable = dict(model=agent, optimizer=optimizer)  # all a checkpoint restores but the loop's place: add state here
     start_iteration, global_step, anneal_from = 1, 0, (1, args.learning_rate)  # lr: linear from anneal_from to 0
     kl_coef = args.kl_coef  # β, adapted after each update unless --no-adaptive-kl
     if checkpoint is not None:
         try:  # a checkpoint of another network or optimizer is refused before anything is loaded or logged
-            check_checkpoint(checkpoint, agent, optimizer, args)
+            check_checkpoint(checkpoint, args, **resumable)
         except ValueError as e:
             sys.exit(f"{os.path.basename(__file__)}: error: {e}" if rank == 0 else 1)
-        agent.load_state_dict(checkpoint["model"])
+        for name in resumable if args.resume else resumable.keys() - {"optimizer"}:  # eval: all but the optimizer
+            resumable[name].load_state_dict(checkpoint[name])
     purge_step = checkpoint["global_step"] + 1 if args.resume else None  # drops what was logged after it (a crash)
     writer = SummaryWriter(run_dir, purge_step=purge_step) if rank == 0 else None  # rank 0 logs
     hyperparameters = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
@@ -248,7 +249,6 @@ def main(args: Args) -> None:
         writer.close()
         return
     if args.resume:
-        optimizer.load_state_dict(checkpoint["optimizer"])
         start_iteration, global_step = checkpoint["iteration"] + 1, checkpoint["global_step"]
         anneal_from = checkpoint["iteration"], checkpoint["optimizer"]["param_groups"][0]["lr"]  # no jump up
         torch.set_rng_state(checkpoint["rng"])
@@ -318,8 +318,7 @@ def main(args: Args) -> None:
             for epoch in range(args.update_epochs):
                 b_inds = torch.randperm(local_batch_size, device=device)
                 for start in range(0, local_batch_size, local_minibatch_size):
-                    end = start + local_minibatch_size
-                    mb_inds = b_inds[start:end]
+                    mb_inds = b_inds[start : start + local_minibatch_size]
                     _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
                     logratio = newlogprob - b_logprobs[mb_inds]
                     ratio = logratio.exp()
@@ -400,12 +399,11 @@ def main(args: Args) -> None:
                 sys.exit(message if rank == 0 else 1)
             if signum:  # a signal that arrives after this point stops the next iteration
                 stop["signal"] = signum
-            stopping = signum != 0
-            due = stopping or iteration == args.num_iterations or time.time() - last_save > 60 * args.checkpoint_minutes
+            due = signum or iteration == args.num_iterations or time.time() - last_save > 60 * args.checkpoint_minutes
             if rank == 0 and args.save_model and due:
-                save_checkpoint(model_path, agent, optimizer, args, iteration, global_step, kl_coef=kl_coef)
+                save_checkpoint(model_path, resumable, args, iteration, global_step, kl_coef=kl_coef)
                 last_save = time.time()
-            if stopping:
+            if signum:
                 break
 
         if rank == 0 and args.save_model:
@@ -521,9 +519,11 @@ def load_checkpoint(args: Args) -> dict:
     return checkpoint
 
 
-def check_checkpoint(checkpoint: dict, agent: nn.Module, optimizer, args: Args) -> None:
-    """Raises ValueError unless the checkpoint fits the network and (--resume) the optimizer this code builds."""
-    ours, saved = ({k: tuple(v.shape) for k, v in model.items()} for model in (agent.state_dict(), checkpoint["model"]))
+def check_checkpoint(checkpoint: dict, args: Args, model: nn.Module, optimizer, **others) -> None:
+    """Raises ValueError unless the checkpoint holds all of main's resumable and fits what this code builds."""
+    if missing := sorted({"model", "optimizer", *others} - checkpoint.keys()):  # state added after it was written
+        raise ValueError(f"the checkpoint has no {missing}, which this script restores; train without it")
+    ours, saved = ({k: tuple(v.shape) for k, v in sd.items()} for sd in (model.state_dict(), checkpoint["model"]))
     if ours != saved:
         changed = sorted(set(ours.items()) ^ set(saved.items()))[:2]
         raise ValueError(f"the checkpoint's network differs from this script's in {changed}; train without it")
@@ -534,11 +534,11 @@ def check_checkpoint(checkpoint: dict, agent: nn.Module, optimizer, args: Args) 
         raise ValueError(f"the checkpoint's optimizer settings differ (checkpoint, this code): {changed or saved}")
 
 
-def save_checkpoint(path, agent: nn.Module, optimizer, args: Args, iteration: int, global_step: int, **state) -> None:
-    """Writes what --resume needs, with torch's RNG, the one the script draws from; state: the variant's extras."""
-    checkpoint = dict(script=os.path.basename(__file__), model=agent.state_dict(), optimizer=optimizer.state_dict())
+def save_checkpoint(path, resumable: dict, args: Args, iteration: int, global_step: int, **state) -> None:
+    """Writes each resumable's state_dict(), the loop's place and torch's RNG (the one drawn from); state: extras."""
+    checkpoint = {name: obj.state_dict() for name, obj in resumable.items()} | dict(script=os.path.basename(__file__))
     checkpoint.update(args=asdict(args), iteration=iteration, global_step=global_step, rng=torch.get_rng_state())
-    device = next(agent.parameters()).device
+    device = next(resumable["model"].parameters()).device
     checkpoint["cuda_rng"] = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     torch.save({**checkpoint, **state}, path + ".tmp")
     os.replace(path + ".tmp", path)  # a kill mid-save never leaves a half-written checkpoint

@@ -108,18 +108,28 @@ def make_envs(env_id: str, num_envs: int, capture_video: bool, run_name: str, ga
     # ended one's last obs in info["final_obs"] (https://farama.org/Vector-Autoreset-Mode)
     thunks = [functools.partial(make_env, env_id, i, capture_video, run_name) for i in range(num_envs)]
     envs = gym.vector.SyncVectorEnv(thunks, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    obs_rms = envs.envs[0].get_wrapper_attr("obs_rms")
-    for env in envs.envs[1:]:
+    obs_rms = RunningMeanStd(shape=envs.single_observation_space.shape, dtype=np.float32)
+    for env in envs.envs:
         env.set_wrapper_attr("obs_rms", obs_rms)  # one statistic for all envs, not one per env
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)  # below the reward scaling: raw returns
     return_queue = envs.return_queue
     # rewards divided by the running std of the discounted return (one statistic for all envs), clipped
     envs = gym.wrappers.vector.NormalizeReward(envs, gamma=gamma)
-    return_rms = envs.return_rms
+    return_rms = envs.return_rms = RunningMeanStd(shape=())
     envs = gym.wrappers.vector.TransformReward(envs, lambda reward: np.clip(reward, -10.0, 10.0))
     # vector wrappers do not pass attribute reads down to the env they wrap: expose what main reads
     envs.obs_rms, envs.return_rms, envs.return_queue = obs_rms, return_rms, return_queue
     return envs
+
+
+class RunningMeanStd(gym.wrappers.utils.RunningMeanStd):
+    """gymnasium's running statistics, with the state_dict() and load_state_dict() of --resume (weights-only)."""
+
+    def state_dict(self) -> dict:
+        return dict(mean=torch.tensor(self.mean), var=torch.tensor(self.var), count=float(self.count))
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean, self.var, self.count = state["mean"].numpy(), state["var"].numpy(), state["count"]
 
 
 # ---- network ----
@@ -261,17 +271,17 @@ def main(args: Args) -> None:
     envs = make_envs(args.env_id, local_num_envs, args.capture_video and rank == 0, run_name, args.gamma)
     agent = Agent(envs.single_observation_space.shape[0], envs.single_action_space.shape[0]).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # eps of baselines
+    # all a checkpoint restores but the loop's place: add state here
+    resumable = dict(model=agent, optimizer=optimizer, obs_rms=envs.obs_rms, return_rms=envs.return_rms)
     start_iteration, global_step, anneal_from = 1, 0, (1, args.learning_rate)  # lr: linear from anneal_from to 0
     kl_coef = args.kl_coef  # β, adapted after each update unless --no-adaptive-kl
     if checkpoint is not None:
         try:  # a checkpoint of another network or optimizer is refused before anything is loaded or logged
-            check_checkpoint(checkpoint, agent, optimizer, args)
+            check_checkpoint(checkpoint, args, **resumable)
         except ValueError as e:
             sys.exit(f"{os.path.basename(__file__)}: error: {e}" if rank == 0 else 1)
-        agent.load_state_dict(checkpoint["model"])
-        for name, rms in (("obs_rms", envs.obs_rms), ("return_rms", envs.return_rms)):
-            state = checkpoint["normalization"][name]
-            rms.mean, rms.var, rms.count = state["mean"].numpy(), state["var"].numpy(), state["count"]
+        for name in resumable if args.resume else resumable.keys() - {"optimizer"}:  # eval: all but the optimizer
+            resumable[name].load_state_dict(checkpoint[name])
     purge_step = checkpoint["global_step"] + 1 if args.resume else None  # drops what was logged after it (a crash)
     writer = SummaryWriter(run_dir, purge_step=purge_step) if rank == 0 else None  # rank 0 logs
     hyperparameters = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
@@ -286,7 +296,6 @@ def main(args: Args) -> None:
         writer.close()
         return
     if args.resume:
-        optimizer.load_state_dict(checkpoint["optimizer"])
         start_iteration, global_step = checkpoint["iteration"] + 1, checkpoint["global_step"]
         anneal_from = checkpoint["iteration"], checkpoint["optimizer"]["param_groups"][0]["lr"]  # no jump up
         kl_coef = checkpoint["kl_coef"]
@@ -357,8 +366,7 @@ def main(args: Args) -> None:
             for epoch in range(args.update_epochs):
                 b_inds = torch.randperm(local_batch_size, device=device)
                 for start in range(0, local_batch_size, local_minibatch_size):
-                    end = start + local_minibatch_size
-                    mb_inds = b_inds[start:end]
+                    mb_inds = b_inds[start : start + local_minibatch_size]
                     _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
                     logratio = newlogprob - b_logprobs[mb_inds]
                     ratio = logratio.exp()
@@ -446,18 +454,11 @@ def main(args: Args) -> None:
                 sys.exit(message if rank == 0 else 1)
             if signum:  # a signal that arrives after this point stops the next iteration
                 stop["signal"] = signum
-            stopping = signum != 0
-            due = stopping or iteration == args.num_iterations or time.time() - last_save > 60 * args.checkpoint_minutes
+            due = signum or iteration == args.num_iterations or time.time() - last_save > 60 * args.checkpoint_minutes
             if rank == 0 and args.save_model and due:
-                rms_state = {  # the statistics are part of the model; tensors, for weights-only loading
-                    name: {"mean": torch.tensor(rms.mean), "var": torch.tensor(rms.var), "count": float(rms.count)}
-                    for name, rms in (("obs_rms", envs.obs_rms), ("return_rms", envs.return_rms))
-                }
-                save_checkpoint(
-                    model_path, agent, optimizer, args, iteration, global_step, normalization=rms_state, kl_coef=kl_coef
-                )
+                save_checkpoint(model_path, resumable, args, iteration, global_step, kl_coef=kl_coef)
                 last_save = time.time()
-            if stopping:
+            if signum:
                 break
 
         if rank == 0 and args.save_model:
@@ -577,9 +578,11 @@ def load_checkpoint(args: Args) -> dict:
     return checkpoint
 
 
-def check_checkpoint(checkpoint: dict, agent: nn.Module, optimizer, args: Args) -> None:
-    """Raises ValueError unless the checkpoint fits the network and (--resume) the optimizer this code builds."""
-    ours, saved = ({k: tuple(v.shape) for k, v in model.items()} for model in (agent.state_dict(), checkpoint["model"]))
+def check_checkpoint(checkpoint: dict, args: Args, model: nn.Module, optimizer, **others) -> None:
+    """Raises ValueError unless the checkpoint holds all of main's resumable and fits what this code builds."""
+    if missing := sorted({"model", "optimizer", *others} - checkpoint.keys()):  # state added after it was written
+        raise ValueError(f"the checkpoint has no {missing}, which this script restores; train without it")
+    ours, saved = ({k: tuple(v.shape) for k, v in sd.items()} for sd in (model.state_dict(), checkpoint["model"]))
     if ours != saved:
         changed = sorted(set(ours.items()) ^ set(saved.items()))[:2]
         raise ValueError(f"the checkpoint's network differs from this script's in {changed}; train without it")
@@ -590,11 +593,11 @@ def check_checkpoint(checkpoint: dict, agent: nn.Module, optimizer, args: Args) 
         raise ValueError(f"the checkpoint's optimizer settings differ (checkpoint, this code): {changed or saved}")
 
 
-def save_checkpoint(path, agent: nn.Module, optimizer, args: Args, iteration: int, global_step: int, **state) -> None:
-    """Writes what --resume needs, with torch's RNG, the one the script draws from; state: the variant's extras."""
-    checkpoint = dict(script=os.path.basename(__file__), model=agent.state_dict(), optimizer=optimizer.state_dict())
+def save_checkpoint(path, resumable: dict, args: Args, iteration: int, global_step: int, **state) -> None:
+    """Writes each resumable's state_dict(), the loop's place and torch's RNG (the one drawn from); state: extras."""
+    checkpoint = {name: obj.state_dict() for name, obj in resumable.items()} | dict(script=os.path.basename(__file__))
     checkpoint.update(args=asdict(args), iteration=iteration, global_step=global_step, rng=torch.get_rng_state())
-    device = next(agent.parameters()).device
+    device = next(resumable["model"].parameters()).device
     checkpoint["cuda_rng"] = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     torch.save({**checkpoint, **state}, path + ".tmp")
     os.replace(path + ".tmp", path)  # a kill mid-save never leaves a half-written checkpoint

@@ -41,12 +41,9 @@ def main() -> None:
         for p in agent.parameters():  # one step, so that Adam's state is in the checkpoint
             p.grad = torch.zeros_like(p)
         optimizer.step()
-        state = {}
+        resumable = dict(model=agent, optimizer=optimizer)  # as main builds it
         if hasattr(envs, "obs_rms"):
-            state["normalization"] = {
-                name: {"mean": torch.tensor(rms.mean), "var": torch.tensor(rms.var), "count": float(rms.count)}
-                for name, rms in (("obs_rms", envs.obs_rms), ("return_rms", envs.return_rms))
-            }
+            resumable.update(obs_rms=envs.obs_rms, return_rms=envs.return_rms)
         envs.close()
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "run", "checkpoint.pt")
@@ -54,7 +51,7 @@ def main() -> None:
             seconds = []
             for _ in range(5):
                 start = time.perf_counter()
-                ppo.save_checkpoint(path, agent, optimizer, args, 1, args.batch_size, **state)
+                ppo.save_checkpoint(path, resumable, args, 1, args.batch_size)
                 seconds.append(time.perf_counter() - start)
             size = os.path.getsize(path) / 1e6
         save = float(np.median(seconds))

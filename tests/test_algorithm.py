@@ -213,7 +213,7 @@ def test_checkpoint_holds_torch_rng_and_optimizer_state_that_continue_exactly(pp
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-5, fused=True)
     model(torch.randn(4, 2)).square().sum().backward()
     optimizer.step()
-    ppo.save_checkpoint(str(tmp_path / "c.pt"), model, optimizer, ppo.Args(), 1, 2)
+    ppo.save_checkpoint(str(tmp_path / "c.pt"), dict(model=model, optimizer=optimizer), ppo.Args(), 1, 2)
     expected_draw = torch.rand(3)
     x = torch.randn(4, 2)
     optimizer.zero_grad()

@@ -140,9 +140,9 @@ def test_eval_checkpoint_evaluates_the_checkpoints_weights(script, trained, tmp_
     ((weights, stats),) = evaluated
     assert same_weights(weights, saved["model"])
     assert not same_weights(built[0], saved["model"])  # the weights came from the file, not from the seed
-    if "normalization" in saved:  # the continuous scripts: observations normalized by the checkpoint's statistics
+    if "obs_rms" in saved:  # the continuous scripts: observations normalized by the checkpoint's statistics
         (obs_rms,) = stats
-        state = saved["normalization"]["obs_rms"]
+        state = saved["obs_rms"]
         np.testing.assert_array_equal(obs_rms.mean, state["mean"].numpy())
         np.testing.assert_array_equal(obs_rms.var, state["var"].numpy())
         assert obs_rms.count == state["count"] and state["count"] > 1  # a fresh statistic counts 1e-4

@@ -54,7 +54,7 @@ def load_trained(ppo, path):
     agent = ppo.Agent(4, 1)
     agent.load_state_dict(checkpoint["model"])
     obs_rms = RunningMeanStd(shape=(4,))
-    state = checkpoint["normalization"]["obs_rms"]
+    state = checkpoint["obs_rms"]
     obs_rms.mean, obs_rms.var, obs_rms.count = state["mean"].numpy(), state["var"].numpy(), state["count"]
     return agent, obs_rms
 
@@ -207,7 +207,7 @@ def test_checkpoint_holds_the_statistics_and_resume_continues_them(ppo, trained,
     shutil.copytree(cwd, tmp_path, dirs_exist_ok=True)  # the resumed run rewrites its checkpoint
     cwd, path = str(tmp_path), os.path.join(tmp_path, os.path.relpath(path, cwd))
     first = torch.load(path, weights_only=True)
-    obs_state, return_state = first["normalization"]["obs_rms"], first["normalization"]["return_rms"]
+    obs_state, return_state = first["obs_rms"], first["return_rms"]
     assert obs_state["mean"].shape == (4,) and obs_state["var"].shape == (4,) and return_state["mean"].shape == ()
     # 128 steps over both envs: every obs and every return updated the one statistic of each
     assert obs_state["count"] > 128 and return_state["count"] == pytest.approx(1e-4 + 128)
@@ -215,8 +215,8 @@ def test_checkpoint_holds_the_statistics_and_resume_continues_them(ppo, trained,
     run_script(SCRIPT, [*TINY, "--num-envs", "2", "--total-timesteps", "256", "--save-model", "--resume", path], cwd)
     resumed = torch.load(path, weights_only=True)
     # the resumed run went on counting from the checkpoint's statistics, not from scratch
-    assert resumed["normalization"]["return_rms"]["count"] == pytest.approx(1e-4 + 256)
-    assert resumed["normalization"]["obs_rms"]["count"] > obs_state["count"] + 128
+    assert resumed["return_rms"]["count"] == pytest.approx(1e-4 + 256)
+    assert resumed["obs_rms"]["count"] > obs_state["count"] + 128
 
 
 class NoWriter:

@@ -7,13 +7,14 @@ replacing ppo.Agent or torch.optim.Adam."""
 
 import glob
 import hashlib
+import importlib.util
 import os
 import shutil
 
 import numpy as np
 import pytest
 import torch
-from conftest import SCRIPTS, load_script, problem, run_dirs, run_script, scalars
+from conftest import ROOT, SCRIPTS, load_script, problem, run_dirs, run_script, scalars
 from gymnasium.wrappers.utils import RunningMeanStd
 from test_claims import ONE_THREAD, one_batch, run_main, tiny
 
@@ -298,6 +299,60 @@ def test_state_added_as_a_module_buffer_travels_with_the_weights_and_an_older_ch
     ppo.Agent.get_value = first_value
     run_main(ppo, script, ["--resume", new_path, "--total-timesteps", doubled(new_path), *ONE_THREAD], tmp_path / "c")
     torch.testing.assert_close(seen[0], saved, rtol=0, atol=0)  # restored exactly, by the weights' own load
+
+
+class Tracker:
+    """State a researcher adds outside the model (a normalizer of an intrinsic reward): a vector, numbered by the
+    order the instances are built in, with the state_dict() and load_state_dict() that main's resumable asks for."""
+
+    built = []
+
+    def __init__(self):
+        Tracker.built.append(self)
+        self.value = torch.full((3,), float(len(Tracker.built)))
+
+    def state_dict(self) -> dict:
+        return {"value": self.value.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = state["value"].clone()
+
+
+def with_tracker(script: str, folder):
+    """A copy of the script in folder (same file name) whose only edit is one entry added to main's resumable."""
+    source = (ROOT / script).read_text()
+    assert source.count("resumable = dict(model=agent, optimizer=optimizer") == 1
+    edited = source.replace("resumable = dict(", "resumable = dict(tracker=Tracker(), ")
+    os.makedirs(folder)
+    (folder / script).write_text(edited)
+    spec = importlib.util.spec_from_file_location(script[: -len(".py")], folder / script)
+    ppo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ppo)
+    ppo.Tracker = Tracker
+    return ppo
+
+
+@pytest.mark.parametrize("script", ALL)
+def test_state_added_to_resumable_in_one_line_is_saved_restored_and_required(script, trained, tmp_path):
+    ppo = with_tracker(script, tmp_path / "edited")
+    # a checkpoint written before the entry existed: refused in one line naming it, nothing written
+    folder, old = copied_run(trained(script), tmp_path / "old")
+    files = snapshot(folder)
+    argv = ["--resume", old, "--total-timesteps", doubled(old), "--eval-episodes", "0", *ONE_THREAD]
+    assert "has no ['tracker']" in refused(ppo, script, argv, tmp_path / "cwd")
+    assert snapshot(folder) == files
+    # saved with each checkpoint
+    Tracker.built.clear()
+    run_main(ppo, script, tiny(script, "--save-model"), tmp_path / "new")
+    (path,) = glob.glob(str(tmp_path / "new" / "runs" / "*" / "*.pt"))
+    assert torch.equal(torch.load(path, weights_only=True)["tracker"]["value"], torch.full((3,), 1.0))
+    # restored by --resume (the resumed run builds a second instance, valued 2, then loads 1 into it) and carried on
+    run_main(ppo, script, ["--resume", path, "--total-timesteps", doubled(path), *ONE_THREAD], tmp_path / "resume")
+    assert len(Tracker.built) == 2 and torch.equal(Tracker.built[1].value, torch.full((3,), 1.0))
+    assert torch.equal(torch.load(path, weights_only=True)["tracker"]["value"], torch.full((3,), 1.0))
+    # and by --eval-checkpoint, which evaluates with all but the optimizer
+    run_main(ppo, script, ["--eval-checkpoint", path, "--eval-episodes", "1", *ONE_THREAD], tmp_path / "eval")
+    assert len(Tracker.built) == 3 and torch.equal(Tracker.built[2].value, torch.full((3,), 1.0))
 
 
 def adamw(params, **kwargs):
