@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, fields
 
 import gymnasium as gym
 import numpy as np
+import popgym  # noqa: F401  (importing it registers POPGym's partially observed tasks, popgym-...)
 import torch
 import torch.distributed as dist
 import torch.nn as nn
