@@ -156,13 +156,13 @@ def observe_update(ppo, log_ratios: list, gae: list):
     rollout_agent = {}
 
     class Observed(ppo.Agent):
-        def get_action_and_value(self, x, action=None, *args, **kwargs):
-            out = super().get_action_and_value(x, action, *args, **kwargs)
-            if action is not None and torch.is_grad_enabled():  # a minibatch of the update
+        def get_action_and_value(self, *args, **kwargs):  # (x, action), ppo_lstm.py: (x, lstm_state, done, action)
+            out = super().get_action_and_value(*args, **kwargs)
+            if torch.is_grad_enabled():  # a minibatch of the update (the rollouts call get_action)
                 if not rollout_agent:
                     rollout_agent["agent"] = copy.deepcopy(self)
                 with torch.no_grad():
-                    old = ppo.Agent.get_action_and_value(rollout_agent["agent"], x, action)[1]
+                    old = ppo.Agent.get_action_and_value(rollout_agent["agent"], *args, **kwargs)[1]
                     log_ratios.append((out[1] - old).double())
             return out
 
@@ -265,8 +265,10 @@ def test_target_kl_stops_the_epochs_once_the_kl_estimate_exceeds_it(script, tmp_
     early, _ = train(ppo, script, [*argv, "--target-kl", "1e-6"], tmp_path / "tiny")
     never, _ = train(ppo, script, [*argv, "--target-kl", "1e6"], tmp_path / "huge")
     assert adam_steps(full) == args.num_iterations * args.update_epochs * args.num_minibatches
-    # the estimate after the first epoch exceeds a tiny target: one epoch per update
-    assert adam_steps(early) == args.num_iterations * args.num_minibatches
+    # the estimate after the first epoch exceeds a tiny target: one epoch per update; with one minibatch per epoch
+    # (ppo_lstm.py's tiny run) that epoch's estimate is taken at ratio 1 before its step, so two epochs
+    epochs = 1 if args.num_minibatches > 1 else 2
+    assert adam_steps(early) == args.num_iterations * args.num_minibatches * epochs
     # a target never reached changes nothing
     assert adam_steps(never) == adam_steps(full) and same_weights(never["model"], full["model"])
 
@@ -300,13 +302,17 @@ def test_no_clip_vloss_changes_the_value_update_only(script, tmp_path):
     ppo = load_script(script)
     # one update of 4 epochs at a rate that moves values by more than ε = 0.2, without gradient clipping (which
     # would couple the actor's step to the critic's gradient)
-    argv = tiny(
-        script, "--total-timesteps", one_batch(ppo, script), "--learning-rate", "0.01", "--max-grad-norm", "1e9"
-    )
+    # ppo_lstm.py on CartPole too: its first step overshoots POPGym's returns below 1, where the max keeps the unclipped
+    # error and clipping changes nothing
+    cartpole = ["--env-id", "CartPole-v1"] if script == "ppo_lstm.py" else []
+    argv = tiny(script, "--learning-rate", "0.01", "--max-grad-norm", "1e9", *cartpole)
+    argv += ["--total-timesteps", one_batch(ppo, script)]
     clipped, clipped_log = train(load_script(script), script, argv, tmp_path / "clip")
     unclipped, unclipped_log = train(load_script(script), script, [*argv, "--no-clip-vloss"], tmp_path / "noclip")
     assert not same_weights(clipped["model"], unclipped["model"], critic=True)
     assert last(clipped_log, "losses/value_loss") != last(unclipped_log, "losses/value_loss")
+    if any(not name.startswith(("critic", "actor")) for name in clipped["model"]):
+        return  # ppo_lstm.py: the value loss also trains the encoder and the LSTM, which the actor reads
     assert same_weights(clipped["model"], unclipped["model"], critic=False)
     assert last(clipped_log, "losses/policy_loss") == last(unclipped_log, "losses/policy_loss")
 

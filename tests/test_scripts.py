@@ -357,7 +357,7 @@ def bad_inputs(script: str) -> list[tuple[list[str], str]]:
         (["--num-threads", "0"], "--num-threads"),
         (["--exp-name", "a/b"], "--exp-name"),
         (["--eval-episodes", "0", "--eval-deterministic"], "--eval-deterministic needs"),
-        (["--num-envs", "1", "--num-steps", "4", "--num-minibatches", "4"], "--norm-adv needs minibatches of 2"),
+        (["--num-envs", "1", "--num-steps", "1", "--num-minibatches", "1"], "--norm-adv needs minibatches of 2"),
         (["--resume", "x.pt", "--eval-checkpoint", "x.pt"], "not both"),
     ]
 

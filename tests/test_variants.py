@@ -16,13 +16,16 @@ PENALTY = {"docstring", "Args", "Agent", "check_args", "policy_loss", "update_kl
 ALLOWED = {
     "ppo_penalty.py": (REFERENCE, PENALTY | {"categorical_kl"}, 71),  # 70 before "Trust": --clip-coef refused alone
     # 120 before torchrun; "Trust" (issue 19) merges the ranks' normalization exactly (the moment sums)
-    # (135), and its statistics resumable (a RunningMeanStd with state_dict and load_state_dict: 139)
-    "ppo_continuous.py": (REFERENCE, ENV_AND_NETWORK | {"moment_sums", "merge_moments", "RunningMeanStd"}, 139),
+    # (135), and its statistics resumable (a RunningMeanStd with state_dict and load_state_dict: 139); the
+    # reference's `import popgym` ("Recurrent PPO") is one more line here and in ppo_atari.py's diff
+    "ppo_continuous.py": (REFERENCE, ENV_AND_NETWORK | {"moment_sums", "merge_moments", "RunningMeanStd"}, 140),
     # RecordVideoEnv0 records the screen, which ale-py's vector env cannot render. "A lean reference" set 130
     # lines; the Nature CNN, the preprocessing with each id's protocol, the Atari-only env checks and the RGB
     # video recorder take 178 here (difflib; `diff` prints 174), 185 since "Trust" (`diff`: 179; seeds, V(s_t), env checks)
-    "ppo_atari.py": (REFERENCE, ENV_AND_NETWORK | {"RecordVideoEnv0"}, 185),
+    "ppo_atari.py": (REFERENCE, ENV_AND_NETWORK | {"RecordVideoEnv0"}, 186),
     "ppo_penalty_continuous.py": ("ppo_continuous.py", PENALTY | {"gaussian_kl"}, 71),
+    # "Recurrent PPO" (issue 20): at most 110 changed lines (CleanRL's ppo_atari -> ppo_atari_lstm: 84)
+    "ppo_lstm.py": (REFERENCE, {"docstring", "Args", "Agent", "main", "check_args", "evaluate"}, 110),
 }
 # "A lean reference" set 450 for ppo_discrete.py and 540 for the others; crash-safe checkpoints,
 # self-describing resume and the env hints took 37 lines more, torchrun 51. The penalty on top of
@@ -30,8 +33,10 @@ ALLOWED = {
 # each; the others 24, 25 and 19, the continuous scripts 36 and 37, their exact merge of the ranks' normalization being 10 of them.
 # "Trust" then kept all a checkpoint restores in main's resumable: one line more each (ppo_penalty.py paid with a blank line), the continuous scripts 5 (their
 # statistics' state_dict and load_state_dict: a class of 8 lines for the 7 that saved and restored them apart).
-SIZE = {"ppo_discrete.py": 564, "ppo_penalty.py": 605, "ppo_continuous.py": 625, "ppo_atari.py": 607}
+# "Recurrent PPO" (issue 20): the feed-forward baseline takes POPGym's ids too, importing popgym (one line each).
+SIZE = {"ppo_discrete.py": 565, "ppo_penalty.py": 606, "ppo_continuous.py": 625, "ppo_atari.py": 607}
 SIZE["ppo_penalty_continuous.py"] = 666
+SIZE["ppo_lstm.py"] = 613
 VARIANTS = sorted(name for name, (reference, _, _) in ALLOWED.items() if {name, reference} <= set(SCRIPTS))
 
 
