@@ -227,6 +227,26 @@ def test_the_truncation_bootstrap_reads_the_state_at_the_end_of_the_ended_episod
         assert not call["done"].any()  # not zeroed: the final obs continues its episode
 
 
+def test_evaluation_carries_the_state_through_each_episode_and_zeroes_it_between(tmp_path):
+    ppo = load_script(SCRIPT)
+    seen = []
+
+    class Recorded(ppo.Agent):
+        def get_states(self, x, lstm_state, done):
+            hidden, state = super().get_states(x, lstm_state, done)
+            seen.append(dict(x=x.clone(), done=done.clone(), state_in=lstm_state, state_out=state))
+            return hidden, state
+
+    ppo.Agent = Recorded
+    run_main(ppo, SCRIPT, [*TAGGED[:-4], "--total-timesteps", "64", "--eval-episodes", "6", *ONE_THREAD], tmp_path)
+    last_training = max(i for i, call in enumerate(seen) if len(call["x"]) > 1)
+    evaluation = seen[last_training + 1 :]  # one env, one step at a time
+    assert sum(int(call["x"][0, 2] == 0) for call in evaluation) == 6
+    for previous, call in zip(evaluation, evaluation[1:], strict=False):
+        assert call["done"].item() == (call["x"][0, 2] == 0)  # zeroed exactly where an episode starts
+        assert all(torch.equal(a, b) for a, b in zip(call["state_in"], previous["state_out"], strict=True))
+
+
 # ---- 3. minibatches of whole sequences ----
 def test_each_sample_is_used_once_per_epoch_in_time_order_from_its_own_initial_state(tmp_path):
     seen = recorded_run(tmp_path)
