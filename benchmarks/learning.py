@@ -101,6 +101,7 @@ def fmt(values, digits=1) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "not reached"
+    digits = 2 if digits == 1 and max(abs(v) for v in values) < 10 else digits  # returns of order 1 (POPGym)
     return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
 
 

@@ -1,12 +1,15 @@
 """Steps per second of a script against the random-policy throughput of the same vector env.
 
     python benchmarks/sps.py --script ppo_discrete.py --env-id CartPole-v1 --total-timesteps 100000 --repeats 5
+    python benchmarks/sps.py --script ppo_lstm.py --against ppo_discrete.py --env-id CartPole-v1 --repeats 6
 
 Each repeat measures, one after the other: (1) the script's own `make_envs(...)` vector env,
 built with the script's default arguments, stepped with `envs.action_space.sample()` for the same
 number of steps; (2) the script trained for --total-timesteps with its defaults, whose SPS is the
 last charts/SPS it logs (steps over wall time of the training loop). Reported: the median of each
 over the repeats and the median of the per-repeat ratio, so both sides share the machine's state.
+With --against, each repeat trains the two scripts in turn instead (their own defaults, the same env and
+budget), and the result is the two medians and the median ratio (benchmarks/results/sps-lstm.md).
 After the repeats, one more training run inside this process splits its wall time into env stepping,
 the policy's inference in the rollout, and the rest (update, GAE, logging); see time_split.
 """
@@ -114,7 +117,8 @@ def time_split(module, env_id: str, total_timesteps: int, extra_args: list[str])
 
         return wrapper
 
-    methods = {name: timed(getattr(agent_class, name)) for name in ("get_action", "get_action_and_value", "get_value")}
+    names = ("get_action", "get_action_and_value", "get_value", "get_states")  # get_states: ppo_lstm.py's LSTM
+    methods = {name: timed(getattr(agent_class, name)) for name in names if hasattr(agent_class, name)}
     timed_agent_class = type(agent_class.__name__, (agent_class,), methods)
     args = tyro.cli(module.Args, args=["--env-id", env_id, "--total-timesteps", str(total_timesteps), *extra_args])
     args.eval_episodes = 0
@@ -138,6 +142,37 @@ def time_split(module, env_id: str, total_timesteps: int, extra_args: list[str])
     }
 
 
+AGAINST_HEADER = (
+    "| script | against | env | SPS (median) | against: SPS (median) | ratio (median of the per-repeat ratios) "
+    "| repeats | date | machine | command |\n|-|-|-|-|-|-|-|-|-|-|\n"
+)
+
+
+def side_by_side(args, extra_args: list[str]) -> None:
+    """--against: the two scripts trained in turn in each repeat (the first one first in odd repeats, second in
+    even ones, so that a drift of the machine's speed weighs on both alike); their SPS and its ratio."""
+    first, second, ratios = [], [], []
+    for repeat in range(args.repeats):
+        order = [args.script, args.against] if repeat % 2 == 0 else [args.against, args.script]
+        sps = {script: ppo_sps(script, args.env_id, args.total_timesteps, extra_args) for script in order}
+        first.append(sps[args.script])
+        second.append(sps[args.against])
+        ratios.append(first[-1] / second[-1])
+        print(f"repeat {repeat + 1}: {args.script} {first[-1]:7.0f} SPS   {args.against} {second[-1]:7.0f} SPS")
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]])
+    line = (
+        f"| {args.script} | {args.against} | {args.env_id} | {np.median(first):.0f} | {np.median(second):.0f} | "
+        f"{np.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) | {args.repeats} | "
+        f"{datetime.date.today().isoformat()} | {platform.machine()}, {os.cpu_count()} CPUs | `{command}` |"
+    )
+    print(line)
+    if args.out:
+        if not args.out.exists():
+            args.out.write_text(AGAINST_HEADER)
+        with open(args.out, "a") as f:
+            f.write(line + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--script", required=True)
@@ -145,9 +180,13 @@ def main() -> None:
     parser.add_argument("--total-timesteps", type=int, default=100000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None, help="markdown file to append the result to")
+    parser.add_argument("--against", default=None, help="a second script, trained in turn: the two SPS and ratio")
     args, extra_args = parser.parse_known_args()
-    if args.out and args.out.exists() and args.out.read_text().splitlines()[:1] != HEADER.splitlines()[:1]:
+    header = AGAINST_HEADER if args.against else HEADER
+    if args.out and args.out.exists() and args.out.read_text().splitlines()[:1] != header.splitlines()[:1]:
         raise SystemExit(f"{args.out} has another table header than this script writes; move it away first")
+    if args.against:
+        return side_by_side(args, extra_args)
     module = load_script(args.script)
     ppo, rand = [], []
     for repeat in range(args.repeats):

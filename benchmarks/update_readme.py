@@ -1,11 +1,13 @@
-"""Writes the README's results section from the files the benchmarks wrote.
+"""Writes the results page (docs/results.md) from the files the benchmarks wrote.
 
     python benchmarks/update_readme.py
 
 Replaces what lies between the markers `<!-- results:start -->` and `<!-- results:end -->` in
-README.md with: the SPS table (benchmarks/results/sps.md), the comparison of objectives
-(benchmarks/results/objectives.md, from benchmarks/objectives.py) and, for each folder of
-benchmarks/results/ holding a results.md, that table and the learning-curve PNGs beside it.
+docs/results.md with: the SPS tables (benchmarks/results/sps.md; sps-lstm.md, ppo_lstm.py against
+ppo_discrete.py), the comparison of objectives (benchmarks/results/objectives.md, from
+benchmarks/objectives.py) and, for each folder of benchmarks/results/ holding a results.md, that
+table and the learning-curve PNGs beside it; and, between `<!-- summary:start -->` and
+`<!-- summary:end -->` in README.md, the results summary of benchmarks/summary.py.
 """
 
 from pathlib import Path
@@ -32,6 +34,15 @@ def section() -> str:
             sps.read_text().strip(),
             "",
         ]
+    sps_lstm = RESULTS / "sps-lstm.md"
+    if sps_lstm.exists():
+        parts += [
+            "ppo_lstm.py against ppo_discrete.py, each with its defaults on the same env and budget, trained in",
+            "turn in each repeat (`benchmarks/sps.py --against`; the ratio is the median of the per-repeat ratios):",
+            "",
+            sps_lstm.read_text().strip(),
+            "",
+        ]
     objectives = RESULTS / "objectives.md"
     if objectives.exists():
         parts += [
@@ -48,18 +59,35 @@ def section() -> str:
     for results in sorted(RESULTS.glob("*/results.md")):
         parts += [f"### {results.parent.name}", "", results.read_text().strip(), ""]
         for png in sorted(results.parent.glob("*.png")):
-            parts += [f"![{png.stem}]({png.relative_to(ROOT).as_posix()})", ""]
+            parts += [f"![{png.stem}](../{png.relative_to(ROOT).as_posix()})", ""]
     return "\n".join(parts)
 
 
+def summary() -> str:
+    """The README's results summary: benchmarks/summary.py's table, its notes and its figure."""
+    return "\n".join(
+        [
+            (RESULTS / "summary.md").read_text().strip(),
+            "",
+            "![learning curves](benchmarks/results/summary.png)",
+        ]
+    )
+
+
+def replace(path: Path, start: str, end: str, content: str) -> None:
+    """Puts content between the markers start and end of the file at path."""
+    text = path.read_text()
+    if start not in text or end not in text:
+        raise SystemExit(f"{path.relative_to(ROOT)} lacks the markers {start} and {end}")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{content}\n{end}{tail}")
+
+
 def main() -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"README.md lacks the markers {START} and {END}")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{section()}\n{END}{tail}")
+    replace(ROOT / "docs" / "results.md", START, END, section())
+    if (RESULTS / "summary.md").exists():
+        replace(ROOT / "README.md", "<!-- summary:start -->", "<!-- summary:end -->", summary())
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def learning():
     return load_benchmark("learning")
 
 
-@pytest.mark.parametrize("script", ["ppo_discrete.py", "ppo_atari.py"])
+@pytest.mark.parametrize("script", ["ppo_discrete.py", "ppo_atari.py", "ppo_lstm.py"])
 def test_time_split_covers_env_inference_and_update(sps, script, tmp_path, monkeypatch):
     """The split's parts are all measured (a wrapper that did not take effect would leave a part at 0, and
     one that counted twice would leave nothing for the update), and the script is left unpatched, its
@@ -40,13 +40,32 @@ def test_time_split_covers_env_inference_and_update(sps, script, tmp_path, monke
     module = load_script(script)
     make_envs, agent_class, handler = module.make_envs, module.Agent, signal.getsignal(signal.SIGINT)
     tiny = ["--num-envs", "2", "--num-steps", "32", "--num-minibatches", "2", "--update-epochs", "1"]
-    env_id = {"ppo_discrete.py": "CartPole-v1", "ppo_atari.py": "BreakoutNoFrameskip-v4"}[script]
+    env_id = {"ppo_atari.py": "BreakoutNoFrameskip-v4"}.get(script, "CartPole-v1")
     split = sps.time_split(module, env_id, 128, tiny)
     assert list(split) == ["env step", "inference", "update and the rest"]
     assert all(0 < share < 1 for share in split.values()), split
     assert (module.make_envs, module.Agent) == (make_envs, agent_class)
     assert signal.getsignal(signal.SIGINT) == handler
     assert os.listdir(tmp_path) == []  # the run wrote into a temporary folder of its own
+
+
+def test_side_by_side_alternates_the_order_and_reports_the_median_ratio(sps, tmp_path, monkeypatch):
+    """--against: each repeat trains both scripts, the first one first in odd repeats only; the ratio is the
+    median of the per-repeat ratios (here 0.5, 0.6, 0.4: 0.5), not the ratio of the medians."""
+    order, speeds = [], {"a.py": iter([50.0, 60.0, 40.0]), "b.py": iter([100.0, 100.0, 100.0])}
+
+    def fake_sps(script, env_id, total_timesteps, extra_args):
+        order.append(script)
+        return next(speeds[script])
+
+    monkeypatch.setattr(sps, "ppo_sps", fake_sps)
+    args = sps.argparse.Namespace(script="a.py", against="b.py", env_id="E", total_timesteps=1, repeats=3)
+    args.out = tmp_path / "out.md"
+    sps.side_by_side(args, [])
+    assert order == ["a.py", "b.py", "b.py", "a.py", "a.py", "b.py"]
+    header, _, row = args.out.read_text().splitlines()
+    assert header.startswith("| script | against |")
+    assert row.startswith("| a.py | b.py | E | 50 | 100 | 0.50 (0.40-0.60) | 3 |")
 
 
 def test_normalized_score_is_zero_for_the_random_policy_and_one_for_the_best_variant():

@@ -121,13 +121,13 @@ def recorded_run(tmp_path, frozen: bool = False) -> dict:
                 seen["updates"].append(call | dict(logprob=out[1].detach(), value=out[3].detach().flatten()))
             return out
 
-    ppo.Agent = Recorded
+    ppo.Agent, adam = Recorded, torch.optim.Adam
     if frozen:
-        ppo.torch.optim.Adam = NoStep
+        torch.optim.Adam = NoStep  # the script reads torch.optim.Adam when it builds its optimizer
     try:
         run_main(ppo, SCRIPT, TAGGED, tmp_path)
     finally:
-        ppo.torch.optim.Adam = torch.optim.Adam
+        torch.optim.Adam = adam
     return seen
 
 
