@@ -155,8 +155,7 @@ class Agent(nn.Module):
         return self.critic(self.get_states(x, lstm_state, done)[0])
 
     def get_action(self, x: torch.Tensor, action: torch.Tensor | None = None, deterministic: bool = False):
-        """a ~ π(·|x) unless given (deterministic: the most likely a), log π(a|x) and the entropy of π(·|x); x: the
-        LSTM's output (get_states)."""
+        """a ~ π(·|x) unless given (deterministic: the most likely a), log π(a|x) and the entropy of π(·|x)."""
         # the distribution written out: torch.distributions costs more than the MLP here (README, "Speed")
         logp = self.actor(x).log_softmax(-1)  # (B, n_actions), normalized log-probabilities
         if action is None and deterministic:
@@ -222,6 +221,7 @@ def main(args: Args) -> None:
     np.random.seed(args.seed + rank)
     torch.manual_seed(args.seed + rank)
     torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.backends.cudnn.rnn.fp32_precision = "ieee"  # cuDNN's LSTM in float32 (not TF32), as the rollout's cell
     torch.set_num_threads(args.num_threads)
     cuda = torch.cuda.is_available() and args.cuda
     device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if cuda else "cpu")
@@ -456,9 +456,12 @@ def check_args(args: Args) -> dict | None:
     b, world_size = args.batch_size, int(os.environ.get("WORLD_SIZE", 1))  # torchrun sets WORLD_SIZE
     relations = [  # (holds, what is wrong and how to fix it)
         (args.num_envs % args.num_minibatches == 0, "--num-minibatches must divide --num-envs (whole sequences)"),
-        (args.minibatch_size > world_size or not args.norm_adv, "--norm-adv needs minibatches of 2 or more samples"),
         (args.num_envs % world_size == 0, f"--num-envs must divide by the {world_size} torchrun processes"),
-        (args.num_envs % (world_size * args.num_minibatches) == 0, "--num-envs must divide by processes*minibatches"),
+        (
+            args.num_envs % (world_size * args.num_minibatches) == 0,
+            f"--num-envs must divide by {world_size} torchrun processes × --num-minibatches (whole sequences)",
+        ),
+        (args.minibatch_size > world_size or not args.norm_adv, "--norm-adv needs minibatches of 2 or more samples"),
         (world_size == 1 or not args.eval_checkpoint, "--eval-checkpoint runs in one process, without torchrun"),
         (args.total_timesteps >= b or args.eval_checkpoint, f"--total-timesteps is smaller than one batch ({b} steps)"),
         (args.eval_episodes > 0 or not args.eval_checkpoint, "--eval-checkpoint needs --eval-episodes 1 or more"),

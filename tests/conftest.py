@@ -26,7 +26,7 @@ MUJOCO = {
 SCRIPTS = {
     "ppo_discrete.py": CLASSIC_CONTROL,
     "ppo_penalty.py": CLASSIC_CONTROL,
-    "ppo_lstm.py": {  # POPGym's position-only CartPole; a minibatch is whole env sequences: 1 of 2 envs (or 1 per rank)
+    "ppo_lstm.py": {  # POPGym's position-only CartPole; a minibatch is whole env sequences: here one, of both envs
         "env_id": "popgym-PositionOnlyCartPoleEasy-v0",
         "tiny": ["--num-envs", "2", "--num-steps", "32", "--num-minibatches", "1", "--total-timesteps", "256"]
         + ["--eval-episodes", "2"],

@@ -68,6 +68,25 @@ def test_side_by_side_alternates_the_order_and_reports_the_median_ratio(sps, tmp
     assert row.startswith("| a.py | b.py | E | 50 | 100 | 0.50 (0.40-0.60) | 3 |")
 
 
+def test_summary_says_below_where_we_are_below_and_compares_only_at_the_same_budget(monkeypatch):
+    summary = load_benchmark("summary")
+    day = int(datetime.datetime(2026, 12, 2, 12).timestamp())
+    run = {"total_timesteps": 1000, "run_dir": f"runs/X__a__1__{day}"}
+    finals = {"below": [90.0, 110.0], "above": [300.0, 320.0]}  # means 100 and 310
+
+    def runs(folder, env_id, label):
+        return [run | {"final_return": value} for value in finals[env_id]]
+
+    monkeypatch.setattr(summary, "runs", runs)
+    monkeypatch.setattr(summary, "TASKS", [(env, "f", "clip", "s.py", None) for env in ("below", "above")])
+    published = [("A", "same budget", "200.0 ± 5.0", 1000, "http://a"), ("B", "10x", "50", 10000, "http://b")]
+    monkeypatch.setattr(summary, "PUBLISHED", {"below": published, "above": published})
+    rows = summary.table().splitlines()
+    assert rows[2].startswith("| below | s.py | 100.0 ± 10.0 (2 seeds, 0.001M steps, 2026-12-02) |")
+    assert rows[2].endswith("| A: below; B: other budget |")
+    assert rows[3].endswith("| A: at or above; B: other budget |")
+
+
 def test_normalized_score_is_zero_for_the_random_policy_and_one_for_the_best_variant():
     objectives = load_benchmark("objectives")
     rows = [  # task A: random -100, best seed-mean 300 (clip); task B: random 0, best 50 (kl)

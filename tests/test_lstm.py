@@ -4,12 +4,15 @@ their own initial state, the reset flag marks exactly each episode's first obser
 cue-recall task it learns where ppo_discrete.py stays at chance). The runs are in-process, on test envs whose
 observations name their env and step."""
 
+from subprocess import PIPE
+
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import load_script, scalars
+from conftest import SCRIPTS, load_script, problem, scalars
 from test_claims import ONE_THREAD, run_dirs, run_main
+from test_torchrun import kept, same_weights, torchrun
 
 SCRIPT = "ppo_lstm.py"
 
@@ -172,28 +175,35 @@ def test_an_episode_start_cuts_memory_and_only_it(tmp_path):
     steps, n = 12, 3
     x = torch.randn(steps, n, 3)
     done = torch.zeros(steps, n)
-    done[5, 0] = 1.0  # env 0's obs 5 starts an episode; envs 1 and 2 none
+    done[5, 0] = 1.0  # env 0's obs 5 starts an episode
+    done[0, 2] = 1.0  # env 2's first obs starts one: its state from before counts for nothing; env 1: no start
     state = tuple(torch.randn(1, n, 64) for _ in range(2))
     changed = x.clone()
-    changed[:5] += torch.randn(5, n, 3)  # every env's observations before step 5
+    changed[:4] += torch.randn(4, n, 3)  # every env's observations before step 4
+    other_state = tuple(s + torch.randn_like(s) for s in state)  # another state before the sequence
+
+    def outputs(obs, initial, replay):
+        if replay:  # one nn.LSTM call over the sequence, as the update
+            return agent.get_states(obs.flatten(0, 1), initial, done.flatten())[0].view(steps, n, -1)
+        out = []  # step by step, as the rollout
+        for t in range(steps):
+            hidden, initial = agent.get_states(obs[t], initial, done[t])
+            out.append(hidden)
+        return torch.stack(out)
+
     with torch.no_grad():
-        for replay in (True, False):  # one nn.LSTM call over the sequence, or step by step as in the rollout
-            outputs = []
-            for obs in (x, changed):
-                if replay:
-                    outputs.append(agent.get_states(obs.flatten(0, 1), state, done.flatten())[0].view(steps, n, -1))
-                else:
-                    s, out = state, []
-                    for t in range(steps):
-                        hidden, s = agent.get_states(obs[t], s, done[t])
-                        out.append(hidden)
-                    outputs.append(torch.stack(out))
-            before, after = outputs
+        for replay in (True, False):
+            base, obs_changed = outputs(x, state, replay), outputs(changed, state, replay)
+            state_changed = outputs(x, other_state, replay)
             # env 0 after its episode start: the same (to float rounding, ~1e-7), whatever came before
-            torch.testing.assert_close(before[5:, 0], after[5:, 0], rtol=0, atol=1e-6)
-            # without a start the state carries the change forward, to the last step
-            assert not torch.allclose(before[-1, 1:], after[-1, 1:], atol=1e-4)
-            assert not torch.allclose(before[4, 0], after[4, 0], atol=1e-4)
+            torch.testing.assert_close(base[5:, 0], obs_changed[5:, 0], rtol=0, atol=1e-6)
+            # before the start the earlier observations count: step 4's own observation is unchanged
+            assert not torch.allclose(base[4, 0], obs_changed[4, 0], atol=1e-4)
+            # without a start a change carries to the last step, from the observations and from the state before
+            assert not torch.allclose(base[-1, 1], obs_changed[-1, 1], atol=1e-4)
+            assert not torch.allclose(base[-1, 1], state_changed[-1, 1], atol=1e-4)
+            # env 2 starts an episode at its first obs: the state before the sequence is dropped
+            torch.testing.assert_close(base[:, 2], state_changed[:, 2], rtol=0, atol=1e-6)
 
 
 def test_the_state_carries_from_one_rollout_to_the_next_unless_an_episode_starts(tmp_path):
@@ -209,7 +219,8 @@ def test_the_state_carries_from_one_rollout_to_the_next_unless_an_episode_starts
             envs = [int(e) for e in call["x"].view(16, -1, 3)[0, :, 0]]
             for j, env in enumerate(envs):
                 column = [int(e) for e in first["x"][:, 0]].index(env)
-                assert torch.equal(call["state"][0][0, j], first["state_in"][0][0, column])
+                for s_call, s_in in zip(call["state"], first["state_in"], strict=True):  # h and c
+                    assert torch.equal(s_call[0, j], s_in[0, column])
     # the first rollout starts from zeros with every env's first obs flagged as an episode start
     assert all(s.abs().sum() == 0 for s in steps[0]["state_in"]) and steps[0]["done"].eq(1).all()
 
@@ -238,13 +249,45 @@ def test_evaluation_carries_the_state_through_each_episode_and_zeroes_it_between
             return hidden, state
 
     ppo.Agent = Recorded
-    run_main(ppo, SCRIPT, [*TAGGED[:-4], "--total-timesteps", "64", "--eval-episodes", "6", *ONE_THREAD], tmp_path)
+    argv = ["--env-id", "TaggedSteps-v0", "--num-envs", "4", "--num-steps", "16", "--num-minibatches", "2"]
+    run_main(ppo, SCRIPT, [*argv, "--total-timesteps", "64", "--eval-episodes", "6", *ONE_THREAD], tmp_path)
     last_training = max(i for i, call in enumerate(seen) if len(call["x"]) > 1)
     evaluation = seen[last_training + 1 :]  # one env, one step at a time
     assert sum(int(call["x"][0, 2] == 0) for call in evaluation) == 6
+    assert evaluation[0]["done"].item() == 1 and all(s.abs().sum() == 0 for s in evaluation[0]["state_in"])
     for previous, call in zip(evaluation, evaluation[1:], strict=False):
         assert call["done"].item() == (call["x"][0, 2] == 0)  # zeroed exactly where an episode starts
         assert all(torch.equal(a, b) for a, b in zip(call["state_in"], previous["state_out"], strict=True))
+
+
+def test_v_of_the_next_obs_reads_the_state_after_the_rollouts_last_step(tmp_path):
+    seen = recorded_run(tmp_path)
+    replays = [i for i, call in enumerate(seen["values"]) if len(call["x"]) == 64]
+    assert len(replays) == 3
+    for i in replays:  # V(next obs) comes right after the rollout's V(s_t), both after its last step
+        call, after_step = seen["values"][i + 1], seen["values"][i]["after_step"]
+        assert len(call["x"]) == 4 and after_step % 16 == 15 and call["after_step"] == after_step
+        last = seen["steps"][after_step]
+        for s_call, s_last in zip(call["state"], last["state_out"], strict=True):
+            assert torch.equal(s_call, s_last)
+        assert torch.equal(call["done"], (call["x"][:, 2] == 0).float())  # zeroed where next obs starts an episode
+
+
+def test_under_torchrun_each_process_replays_whole_sequences_of_its_own_envs(tmp_path, monkeypatch):
+    ppo = load_script(SCRIPT)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what check_args reads: 2 envs per process cannot make 2 minibatches
+    message = problem(ppo, ["--num-envs", "2", "--num-minibatches", "2"])
+    assert message is not None and "--num-envs must divide by 2 torchrun processes × --num-minibatches" in message
+    assert problem(ppo, ["--num-envs", "4", "--num-minibatches", "2"]) is None
+    monkeypatch.delenv("WORLD_SIZE")
+    # 2 processes of 2 envs, a minibatch of 1 whole sequence each: the same weights on both
+    args = ["--env-id", SCRIPTS[SCRIPT]["env_id"], "--num-envs", "4", "--num-steps", "32", "--num-minibatches", "2"]
+    proc = torchrun(SCRIPT, [*args, "--total-timesteps", "256", "--eval-episodes", "0"], tmp_path, stderr=PIPE)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    rank0, rank1 = kept(tmp_path)
+    assert same_weights(rank0["model"], rank1["model"])
+    assert len(scalars(run_dirs(tmp_path)[0])["charts/episodic_return"]) == rank0["episodes"] + rank1["episodes"]
 
 
 # ---- 3. minibatches of whole sequences ----
@@ -254,7 +297,7 @@ def test_each_sample_is_used_once_per_epoch_in_time_order_from_its_own_initial_s
     for iteration in range(3):
         rollout = steps[16 * iteration : 16 * iteration + 16]
         samples = sorted(key(row) for step in rollout for row in step["x"])
-        initial = {int(row[0]): (rollout[0]["state_in"][0][0, i]) for i, row in enumerate(rollout[0]["x"])}
+        initial = {int(row[0]): [s[0, i] for s in rollout[0]["state_in"]] for i, row in enumerate(rollout[0]["x"])}
         for epoch in range(4):
             calls = updates[8 * iteration + 2 * epoch : 8 * iteration + 2 * epoch + 2]
             assert sorted(key(row) for call in calls for row in call["x"]) == samples  # each once
@@ -265,7 +308,8 @@ def test_each_sample_is_used_once_per_epoch_in_time_order_from_its_own_initial_s
                     assert len({int(e) for e in x[:, j, 0]}) == 1  # one env's sequence
                     serials = [int(s) for s in x[:, j, 1]]
                     assert serials == sorted(set(serials))  # 16 steps in time order (its own; all: see above)
-                    assert torch.equal(call["state"][0][0, j], initial[int(x[0, j, 0])])  # its own state
+                    for s_call, s_initial in zip(call["state"], initial[int(x[0, j, 0])], strict=True):
+                        assert torch.equal(s_call[0, j], s_initial)  # its own state, h and c
                 # the done flags travel with their steps
                 t_in_episode = call["x"][:, 2]
                 assert torch.equal(call["done"], (t_in_episode == 0).float())
@@ -279,6 +323,33 @@ def test_the_reset_flag_marks_exactly_the_first_observation_of_each_episode(tmp_
         flags += step["done"].tolist()
         firsts += (step["x"][:, 2] == 0).float().tolist()
     assert flags == firsts and sum(firsts) >= 20
+
+
+# ---- POPGym ----
+@pytest.mark.parametrize("script", ["ppo_lstm.py", "ppo_discrete.py", "ppo_penalty.py"])
+@pytest.mark.parametrize(
+    "env_id, inputs",
+    [
+        ("popgym-RepeatPreviousEasy-v0", 4),  # Discrete(4): one-hot
+        ("popgym-CountRecallEasy-v0", 4),  # MultiDiscrete([2, 2]): two one-hots
+        ("popgym-AutoencodeEasy-v0", 6),  # Tuple(Discrete(2), Discrete(4))
+    ],
+)
+def test_popgym_tasks_train_with_one_hot_observations(script, env_id, inputs, tmp_path):
+    ppo = load_script(script)
+    built = []
+
+    class Observed(ppo.Agent):
+        def __init__(self, obs_dim, *args, **kwargs):
+            built.append(obs_dim)
+            super().__init__(obs_dim, *args, **kwargs)
+
+    ppo.Agent = Observed
+    argv = ["--env-id", env_id, "--num-envs", "2", "--num-steps", "64", "--num-minibatches", "2"]
+    run_main(ppo, script, [*argv, "--total-timesteps", "256", "--eval-episodes", "1", *ONE_THREAD], tmp_path)
+    assert built == [inputs]
+    logged = scalars(run_dirs(tmp_path)[0])
+    assert len(logged["charts/episodic_return"]) >= 1 and len(logged["eval/episodic_return"]) == 1
 
 
 # ---- 5. memory is used ----
