@@ -81,8 +81,8 @@ NOTES = [
     "trials; its MuJoCo results, on v1, are curves only). Ours is the mean over the episodes of the last 10% of "
     "steps, a window of about the same size. A comparison at another budget says so instead of a verdict. POPGym's "
     "paper reports normalized scores (MMER) after 15M steps, which we have not read: no published figure for its rows. "
-    "The InvertedPendulum (2026-11-21) and Breakout (2026-11-22, one seed at a fifth of the published budget: a GPU "
-    "session's run) rows ran on earlier versions of the scripts with the same algorithm.",
+    "The InvertedPendulum (2026-11-21) and Breakout (2026-11-22, one seed at a fifth of the published budget, on this "
+    "CPU) rows ran on earlier versions of the scripts with the same algorithm.",
 ]
 
 
