@@ -4,15 +4,13 @@ their own initial state, the reset flag marks exactly each episode's first obser
 cue-recall task it learns where ppo_discrete.py stays at chance). The runs are in-process, on test envs whose
 observations name their env and step."""
 
-from subprocess import PIPE
-
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 from conftest import SCRIPTS, load_script, problem, scalars
 from test_claims import ONE_THREAD, run_dirs, run_main
-from test_torchrun import kept, same_weights, torchrun
+from test_torchrun import kept, run_to_the_end, same_weights
 
 SCRIPT = "ppo_lstm.py"
 
@@ -282,9 +280,8 @@ def test_under_torchrun_each_process_replays_whole_sequences_of_its_own_envs(tmp
     monkeypatch.delenv("WORLD_SIZE")
     # 2 processes of 2 envs, a minibatch of 1 whole sequence each: the same weights on both
     args = ["--env-id", SCRIPTS[SCRIPT]["env_id"], "--num-envs", "4", "--num-steps", "32", "--num-minibatches", "2"]
-    proc = torchrun(SCRIPT, [*args, "--total-timesteps", "256", "--eval-episodes", "0"], tmp_path, stderr=PIPE)
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-3000:]
+    returncode, stderr = run_to_the_end(SCRIPT, [*args, "--total-timesteps", "256", "--eval-episodes", "0"], tmp_path)
+    assert returncode == 0, stderr[-3000:]
     rank0, rank1 = kept(tmp_path)
     assert same_weights(rank0["model"], rank1["model"])
     assert len(scalars(run_dirs(tmp_path)[0])["charts/episodic_return"]) == rank0["episodes"] + rank1["episodes"]

@@ -3,6 +3,7 @@ through tests/torchrun_worker.py, which keeps what each rank ends with."""
 
 import glob
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +27,23 @@ def torchrun(script, args, cwd, **kwargs):
     return subprocess.Popen([*TORCHRUN, WORKER, script, str(cwd), *args], cwd=cwd, text=True, **kwargs)
 
 
+# a rank aborting in std::terminate as the run ends (torch's gloo teardown; seen in about one in ten runs of this file
+# on a loaded 2-core machine, at 5199bbe too, after training had finished): not what these tests test
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def run_to_the_end(script, args, cwd) -> tuple[int, str]:
+    """torchrun to its end: (exit status, stderr); run once more, in an emptied cwd, after a TEARDOWN_ABORT."""
+    for attempt in (1, 2):
+        proc = torchrun(script, args, cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _, stderr = proc.communicate(timeout=300)
+        if proc.returncode == 0 or TEARDOWN_ABORT not in stderr or attempt == 2:
+            return proc.returncode, stderr
+        for entry in os.listdir(cwd):  # the run's own outputs: its run folder and the ranks' files
+            path = os.path.join(cwd, entry)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
 def kept(cwd) -> list[dict]:
     return [torch.load(os.path.join(cwd, f"rank{rank}.pt"), weights_only=True) for rank in (0, 1)]
 
@@ -37,9 +55,8 @@ def same_weights(a: dict, b: dict) -> bool:
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_two_processes_train_one_model_into_one_run(script, tmp_path):
     args = [*two_process_args(script), "--save-model", "--eval-episodes", "0"]
-    proc = torchrun(script, args, tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-3000:]
+    returncode, stderr = run_to_the_end(script, args, tmp_path)
+    assert returncode == 0, stderr[-3000:]
     rank0, rank1 = kept(tmp_path)
     assert same_weights(rank0["model"], rank1["model"])  # the averaged gradient kept them identical
     if "penalty" in script:  # β adapts to d averaged over both ranks' batches, so it stays the same on both
