@@ -27,8 +27,8 @@ def torchrun(script, args, cwd, **kwargs):
     return subprocess.Popen([*TORCHRUN, WORKER, script, str(cwd), *args], cwd=cwd, text=True, **kwargs)
 
 
-# a rank aborting in std::terminate as the run ends (torch's gloo teardown; seen in about one in ten runs of this file
-# on a loaded 2-core machine, at 5199bbe too, after training had finished): not what these tests test
+# a rank aborting in std::terminate as the run ends (torch's gloo teardown?; in 3 of 12 runs of this file with
+# pytest -n 2 on 2 cores, 1 of 4 at 5199bbe, always after training had finished): not what these tests test
 TEARDOWN_ABORT = "terminate called without an active exception"
 
 
