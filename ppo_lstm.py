@@ -132,7 +132,7 @@ class Agent(nn.Module):
         ((1, N, H) each), zeroed before each step where done = 1 (its obs is an episode's first); for one step (the
         rollout's), also the state after it."""
         hidden, n = self.encoder(x), lstm_state[0].shape[1]
-        if len(hidden) == n:  # one step: the kernel of nn.LSTMCell on the LSTM's weights, a third of an nn.LSTM call
+        if len(hidden) == n:  # one step: the kernel of nn.LSTMCell on the LSTM's weights, cheaper than nn.LSTM
             h, c = ((1.0 - done).view(-1, 1) * s[0] for s in lstm_state)  # (N, H), zeroed where an episode starts
             h, c = torch.lstm_cell(hidden, (h, c), *self.lstm.all_weights[0])  # weights: w_ih, w_hh, b_ih, b_hh
             return h, (h[None], c[None])

@@ -134,6 +134,13 @@ def write_table(rows, args, command: str, out: Path) -> None:
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
+def smoothed(row: dict, grid: np.ndarray) -> np.ndarray:
+    """The run's WINDOW-episode moving mean of the training return, interpolated at the steps of grid."""
+    steps, values = np.array(row["curve"]).T if row["curve"] else (np.zeros(1), np.zeros(1))
+    smooth = np.convolve(values, np.ones(WINDOW) / WINDOW, mode="valid") if len(values) >= WINDOW else values
+    return np.interp(grid, steps[len(steps) - len(smooth) :], smooth)
+
+
 def plot_curves(rows, args, out: Path) -> None:
     import matplotlib
 
@@ -144,13 +151,7 @@ def plot_curves(rows, args, out: Path) -> None:
     for env_id in args.env_ids:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for label, _, _ in args.variants:
-            curves = []
-            for r in (r for r in rows if r["env_id"] == env_id and r["label"] == label):
-                steps, values = np.array(r["curve"]).T if r["curve"] else (np.zeros(1), np.zeros(1))
-                smooth = (
-                    np.convolve(values, np.ones(WINDOW) / WINDOW, mode="valid") if len(values) >= WINDOW else values
-                )
-                curves.append(np.interp(grid, steps[len(steps) - len(smooth) :], smooth))
+            curves = [smoothed(r, grid) for r in rows if r["env_id"] == env_id and r["label"] == label]
             mean, std = np.mean(curves, axis=0), np.std(curves, axis=0)
             ax.plot(grid, mean, label=f"{label} ({len(curves)} seeds)")
             ax.fill_between(grid, mean - std, mean + std, alpha=0.2)

@@ -142,6 +142,20 @@ def time_split(module, env_id: str, total_timesteps: int, extra_args: list[str])
     }
 
 
+def this_command() -> str:
+    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]])
+
+
+def append_row(out: Path | None, header: str, line: str) -> None:
+    """Prints the table row and appends it to out (starting the file with header), if given."""
+    print(line)
+    if out:
+        if not out.exists():
+            out.write_text(header)
+        with open(out, "a") as f:
+            f.write(line + "\n")
+
+
 AGAINST_HEADER = (
     "| script | against | env | SPS (median) | against: SPS (median) | ratio (median of the per-repeat ratios) "
     "| repeats | date | machine | command |\n|-|-|-|-|-|-|-|-|-|-|\n"
@@ -159,18 +173,13 @@ def side_by_side(args, extra_args: list[str]) -> None:
         second.append(sps[args.against])
         ratios.append(first[-1] / second[-1])
         print(f"repeat {repeat + 1}: {args.script} {first[-1]:7.0f} SPS   {args.against} {second[-1]:7.0f} SPS")
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]])
+    command = this_command()
     line = (
         f"| {args.script} | {args.against} | {args.env_id} | {np.median(first):.0f} | {np.median(second):.0f} | "
         f"{np.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) | {args.repeats} | "
         f"{datetime.date.today().isoformat()} | {platform.machine()}, {os.cpu_count()} CPUs | `{command}` |"
     )
-    print(line)
-    if args.out:
-        if not args.out.exists():
-            args.out.write_text(AGAINST_HEADER)
-        with open(args.out, "a") as f:
-            f.write(line + "\n")
+    append_row(args.out, AGAINST_HEADER, line)
 
 
 def main() -> None:
@@ -196,19 +205,14 @@ def main() -> None:
     ratios = np.array(ppo) / np.array(rand)
     split = time_split(module, args.env_id, args.total_timesteps, extra_args)
     print("where the time goes: " + ", ".join(f"{name} {100 * share:.0f}%" for name, share in split.items()))
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]])
+    command = this_command()
     line = (
         f"| {args.script} | {args.env_id} | {np.median(ppo):.0f} | {np.median(rand):.0f} | "
         f"{100 * np.median(ratios):.1f}% | {' / '.join(f'{100 * share:.0f}%' for share in split.values())} | "
         f"{args.repeats} | {datetime.date.today().isoformat()} | "
         f"{platform.machine()}, {os.cpu_count()} CPUs | `{command}` |"
     )
-    print(line)
-    if args.out:
-        if not args.out.exists():
-            args.out.write_text(HEADER)
-        with open(args.out, "a") as f:
-            f.write(line + "\n")
+    append_row(args.out, HEADER, line)
 
 
 if __name__ == "__main__":

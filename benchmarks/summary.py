@@ -9,7 +9,6 @@ benchmarks/results/summary.png; benchmarks/update_readme.py copies both into the
 figures are quoted by hand below, each with its source.
 """
 
-import datetime
 import json
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learning import WINDOW  # noqa: E402
+from learning import WINDOW, run_dates, smoothed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -94,8 +93,7 @@ def runs(folder: str, env_id: str, label: str) -> list[dict]:
 def ours(group: list[dict]) -> tuple[float, str]:
     """(mean final return, its cell: mean ± std over seeds, seeds, steps, dates)."""
     finals = [r["final_return"] for r in group]
-    days = sorted({datetime.date.fromtimestamp(int(r["run_dir"].rsplit("__", 1)[1])).isoformat() for r in group})
-    when = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
+    when = run_dates(group)
     steps = group[0]["total_timesteps"]
     digits = 2 if abs(np.mean(finals)) < 10 else 1  # POPGym's returns lie in [-1, 1]
     seeds = f"{len(group)} seed{'s' if len(group) > 1 else ''}"
@@ -139,13 +137,7 @@ def figure(path: Path) -> None:
         for variant, name in [(label, script), *([(baseline, "ppo_discrete.py")] if baseline else [])]:
             group = runs(folder, env_id, variant)
             grid = np.linspace(0, group[0]["total_timesteps"], 101)
-            curves = []
-            for r in group:
-                steps, values = np.array(r["curve"]).T
-                smooth = (
-                    np.convolve(values, np.ones(WINDOW) / WINDOW, mode="valid") if len(values) >= WINDOW else values
-                )
-                curves.append(np.interp(grid, steps[len(steps) - len(smooth) :], smooth))
+            curves = [smoothed(r, grid) for r in group]
             mean, low, high = np.mean(curves, 0), np.min(curves, 0), np.max(curves, 0)
             ax.plot(grid, mean, label=f"{name} ({len(curves)} seeds)")
             ax.fill_between(grid, low, high, alpha=0.2)
