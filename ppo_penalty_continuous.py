@@ -31,6 +31,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.nn  # noqa: F401  (before init_process_group: imported later, by Adam, it keeps the group)
 import torch.nn as nn
 import tyro
 from torch.utils.tensorboard import SummaryWriter
@@ -267,7 +268,6 @@ def main(args: Args) -> None:
         dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
     local_num_envs = args.num_envs // world_size  # this rank's share of the envs and of each (mini)batch
     local_batch_size, local_minibatch_size = args.batch_size // world_size, args.minibatch_size // world_size
-
     envs = make_envs(args.env_id, local_num_envs, args.capture_video and rank == 0, run_name, args.gamma)
     agent = Agent(envs.single_observation_space.shape[0], envs.single_action_space.shape[0]).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # eps of baselines
@@ -472,7 +472,7 @@ def main(args: Args) -> None:
         if rank == 0:
             writer.close()
         if world_size > 1:
-            dist.destroy_process_group()
+            dist.destroy_process_group()  # joins gloo's threads now: one that outlives Python aborts the exit
     if stop["signal"] is not None:
         sys.exit(128 + stop["signal"])
 

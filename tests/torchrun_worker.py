@@ -82,6 +82,13 @@ if hasattr(ppo, "merge_moments"):
         return merged
 
     ppo.merge_moments = kept_merge_moments
+
+
+def gloo_threads() -> list[str]:  # the threads of a gloo process group still running in this process (Linux names)
+    tasks = os.listdir("/proc/self/task")
+    return [name for name in (open(f"/proc/self/task/{t}/comm").read().strip() for t in tasks) if "gloo" in name]
+
+
 sys.argv = [script, *args]  # the script reads which arguments were given
 try:
     ppo.main(tyro.cli(ppo.Args, args=args))
@@ -90,4 +97,5 @@ finally:
         episodes = len(made_envs[0].return_queue)  # RecordEpisodeStatistics keeps the last 100 returns
         kept = {"model": agents[0].state_dict(), "episodes": episodes, "kl": kl_seen, "initial": initial}
         kept.update(own_grads=own_grads, reduced_grads=reduced_grads, layouts=layouts, merges=merges)
+        kept["gloo_threads"] = gloo_threads()  # after main returned: its destroy_process_group joined them
         torch.save(kept, os.path.join(out, f"rank{os.environ['RANK']}.pt"))
