@@ -20,6 +20,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -453,10 +454,8 @@ def check_args(args: Args) -> dict | None:
         ("seed", lambda v: 0 <= v < 2**31, "in [0, 2**31)"),
         ("target_kl", lambda v: v is None or 0 < v < math.inf, "positive and finite, or omitted"),
     ]
-    for names, ok, requirement in ranges:
-        for name in names.split():
-            if not ok(getattr(args, name)):
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)} must be {requirement}")
+    for name, requirement in ((n, r) for names, ok, r in ranges for n in names.split() if not ok(getattr(args, n))):
+        raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)} must be {requirement}")
     # what --eval-checkpoint reads; any other argument given with it would be silently ignored
     evaluation = {"exp_name", "seed", "torch_deterministic", "cuda", "num_threads", "env_id"}
     evaluation |= {"eval_checkpoint", "eval_episodes", "eval_deterministic"}
@@ -477,9 +476,8 @@ def check_args(args: Args) -> dict | None:
         (args.save_model or "checkpoint_minutes" not in given, "--checkpoint-minutes needs --save-model"),
         (args.target_kl is None or args.update_epochs > 1, "--target-kl stops after an epoch: give --update-epochs 2+"),
     ]
-    for holds, problem in relations:
-        if not holds:
-            raise ValueError(problem)
+    if problem := next((problem for holds, problem in relations if not holds), None):
+        raise ValueError(problem)
     with contextlib.suppress(ImportError):  # MuJoCo's warnings to Python's, not appended to ./MUJOCO_LOG.TXT
         mujoco = importlib.import_module("mujoco")
         mujoco.set_mju_user_warning(lambda message: warnings.warn(f"MuJoCo: {message}", stacklevel=2))
@@ -596,12 +594,13 @@ def handle_stop_signals() -> dict:
     stop = {"signal": None}
 
     def request_stop(signum, frame):
-        if stop["signal"] == signal.SIGINT == signum:
+        if stop["signal"] == signal.SIGINT == signum:  # a second Ctrl-C: abort, but not mid-lock in threading or queue
+            if frame and frame.f_globals["__name__"] in ("threading", "queue"):  # (can hang the log writer): in 10 ms
+                return threading.Timer(0.01, signal.pthread_kill, [threading.main_thread().ident, signum]).start()
             raise KeyboardInterrupt
-        if stop["signal"] is not None:  # e.g. torchrun's SIGTERM after the Ctrl-C that reached every process
-            return
-        stop["signal"] = signum
-        print(f"\n{signal.Signals(signum).name}: stopping after this iteration (Ctrl-C again to abort)", flush=True)
+        elif stop["signal"] is None:  # not a later one, e.g. torchrun's SIGTERM after the Ctrl-C that reached all
+            stop["signal"] = signum
+            print(f"\n{signal.Signals(signum).name}: stopping after this iteration (Ctrl-C again to abort)", flush=True)
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)

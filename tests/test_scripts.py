@@ -7,7 +7,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -242,6 +244,34 @@ def test_ctrl_c_during_the_final_evaluation_keeps_the_finished_runs_checkpoint(s
     assert checkpoint["iteration"] == checkpoint["args"]["total_timesteps"] // (
         checkpoint["global_step"] // checkpoint["iteration"]
     )
+
+
+def test_a_second_ctrl_c_inside_a_lock_of_the_standard_library_aborts_10_ms_later(script):
+    """A KeyboardInterrupt raised inside threading's Condition.notify (between releasing the log writer's thread
+    and forgetting it) loses that thread's next wake-up: writer.close() then hung for up to 2 minutes (seen in
+    test_ctrl_c_during_the_final_evaluation..., whose evaluation logs every episode). Raised anywhere else, at
+    once."""
+    ppo = load_script(script)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stop = ppo.handle_stop_signals()
+        request_stop = signal.getsignal(signal.SIGINT)
+        request_stop(signal.SIGINT, sys._getframe())  # the first Ctrl-C: stop after this iteration
+        assert stop["signal"] == signal.SIGINT
+        inside_notify = types.SimpleNamespace(f_globals=vars(threading))  # the frame a signal interrupts there
+        try:
+            request_stop(signal.SIGINT, inside_notify)  # not raised there...
+        except KeyboardInterrupt:
+            pytest.fail("a second Ctrl-C raised KeyboardInterrupt inside threading")
+        start = time.time()
+        with pytest.raises(KeyboardInterrupt):  # ...but here, once the signal comes again
+            time.sleep(5)
+        assert 0.005 < time.time() - start < 2
+        with pytest.raises(KeyboardInterrupt):
+            request_stop(signal.SIGINT, sys._getframe())
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 def test_an_exception_mid_iteration_leaves_the_last_complete_iterations_checkpoint(script, tmp_path, monkeypatch):
