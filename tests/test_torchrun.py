@@ -50,7 +50,7 @@ def test_two_processes_train_one_model_into_one_run(script, tmp_path):
     assert same_weights(rank0["model"], rank1["model"])  # the averaged gradient kept them identical
     # the script's destroy_process_group ended gloo's threads: one still running as Python exits can hold the
     # last reference to a finished all-reduce and abort the process (SIGABRT: 4 of 19 runs on 2 busy cores)
-    assert rank0["gloo_threads"] == rank1["gloo_threads"] == []
+    assert rank0["gloo_threads"] == rank1["gloo_threads"] == ([] if sys.platform == "linux" else None)
     if "penalty" in script:  # β adapts to d averaged over both ranks' batches, so it stays the same on both
         assert len(rank0["kl"]) >= 2 and rank0["kl"] == rank1["kl"]
     (run_dir,) = run_dirs(tmp_path)  # one run folder, written by rank 0

@@ -84,7 +84,9 @@ if hasattr(ppo, "merge_moments"):
     ppo.merge_moments = kept_merge_moments
 
 
-def gloo_threads() -> list[str]:  # the threads of a gloo process group still running in this process (Linux names)
+def gloo_threads() -> list[str] | None:  # the threads of a gloo process group still running (None: not Linux)
+    if not os.path.isdir("/proc/self/task"):
+        return None
     tasks = os.listdir("/proc/self/task")
     return [name for name in (open(f"/proc/self/task/{t}/comm").read().strip() for t in tasks) if "gloo" in name]
 
