@@ -292,7 +292,8 @@ def main(args: Args) -> None:
                     obs[step] = next_obs
                     dones[step] = next_done
                     x, done = (torch.as_tensor(a, dtype=torch.float32, device=device) for a in (next_obs, next_done))
-                    # V(s_t) comes after the rollout, in one batch: the rollout replayed from its initial LSTM state
+                    # V(s_t) comes after, the rollout replayed from its initial state with these weights: an agent that
+                    # changes during the rollout (a running normalizer inside it) must compute V(s_t) here instead
                     hidden, lstm_state = agent.get_states(x, lstm_state, done)
                     action, logprob, _ = agent.get_action(hidden)
                     actions[step], logprobs[step] = action.cpu().numpy(), logprob.cpu().numpy()
