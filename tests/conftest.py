@@ -96,13 +96,39 @@ def run_dirs(cwd) -> list[str]:
     return sorted(glob.glob(os.path.join(str(cwd), "runs", "*")))
 
 
-def scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
-    """All scalars of a run's event files: tag -> [(step, value)]."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+def logs(run_dir) -> dict[str, list[tuple[int, float | str]]]:
+    """All scalars and texts of a run's event files: tag -> [(step, value)], as TensorBoard shows them: a resumed
+    run's purge (its first event, SessionLog.START at a step) drops what earlier files logged from that step on.
+    The files are read in the order they were started, not in name order as TensorBoard reads a folder: a resume
+    run in-process in the same second as the run it resumes writes a file whose name sorts first (the writers'
+    counter goes from ...9 to ...10)."""
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import SessionLog
 
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    paths = glob.glob(os.path.join(str(run_dir), "events.out.tfevents.*"))
+    files = [
+        events for events in (list(LegacyEventFileLoader(path).Load()) for path in paths) if events
+    ]  # not one unflushed
+    logged = {}
+    for event in (event for events in sorted(files, key=lambda events: events[0].wall_time) for event in events):
+        if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+            logged = {tag: [(step, v) for step, v in values if step < event.step] for tag, values in logged.items()}
+        for value in event.summary.value:
+            if value.HasField("simple_value"):
+                logged.setdefault(value.tag, []).append((event.step, value.simple_value))
+            elif value.tensor.string_val:  # add_text
+                logged.setdefault(value.tag, []).append((event.step, value.tensor.string_val[0].decode()))
+    return logged
+
+
+def scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
+    """All scalars of a run's event files, as TensorBoard shows them: tag -> [(step, value)]."""
+    return {tag: values for tag, values in logs(run_dir).items() if values and not isinstance(values[0][1], str)}
+
+
+def texts(run_dir) -> dict[str, list[tuple[int, str]]]:
+    """All texts of a run's event files (the logged arguments), as TensorBoard shows them: tag -> [(step, text)]."""
+    return {tag: values for tag, values in logs(run_dir).items() if values and isinstance(values[0][1], str)}
 
 
 @pytest.fixture(scope="module", params=sorted(SCRIPTS))

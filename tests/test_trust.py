@@ -76,6 +76,23 @@ def lr_curve(run_dir) -> list[tuple[int, float]]:
     return scalars(run_dir)["charts/learning_rate"]
 
 
+def test_the_tests_read_a_resumed_runs_event_files_in_the_order_they_were_written(tmp_path):
+    """Not in name order, as TensorBoard's folder reader does: a resume run in-process in the same second as the
+    run it resumes writes a file whose name sorts first (the writers' counter goes from ...9 to ...10)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run_dir = tmp_path / "run"
+    for name, steps in [("events.out.tfevents.1.host.1.9", [64, 128]), ("events.out.tfevents.1.host.1.10", [192])]:
+        writer = SummaryWriter(tmp_path / name)
+        for step in steps:
+            writer.add_scalar("charts/learning_rate", step, step)
+        writer.close()
+        (path,) = glob.glob(str(tmp_path / name / "events.out.tfevents.*"))
+        os.renames(path, run_dir / name)
+    assert sorted(os.listdir(run_dir)) == ["events.out.tfevents.1.host.1.10", "events.out.tfevents.1.host.1.9"]
+    assert [step for step, _ in lr_curve(run_dir)] == [64, 128, 192]
+
+
 # ---- --resume from anywhere ----
 @pytest.mark.parametrize("script", ALL)
 def test_resume_goes_on_in_the_folder_of_the_checkpoint_whatever_the_cwd_and_file_name(script, trained, tmp_path):
@@ -151,9 +168,12 @@ def test_resume_with_the_same_budget_reproduces_the_uninterrupted_schedule(scrip
     _, _, logged = trained(script)
     ppo = load_script(script)
     path = crashed(ppo, script, tiny(script), tmp_path / "cwd", after_iteration=2)
+    # as if the uninterrupted run had crashed after logging its last iteration, its last checkpoint the 2nd
+    folder, last = copied_run(trained(script), tmp_path / "run")
+    shutil.copy(path, last)
     # the budget comes from the checkpoint (a flag not given takes the checkpoint's value)
-    run_main(load_script(script), script, ["--resume", path, *ONE_THREAD], tmp_path / "elsewhere")
-    curve = lr_curve(os.path.dirname(path))
+    run_main(load_script(script), script, ["--resume", last, *ONE_THREAD], tmp_path / "elsewhere")
+    curve = lr_curve(folder)  # one curve: what the first run logged after the checkpoint is dropped (purge_step)
     uninterrupted = logged["charts/learning_rate"]
     assert [step for step, _ in curve] == [step for step, _ in uninterrupted] and len(curve) >= 4
     # float32 logged values of order 1e-4 computed by two formulas: equal to float32 rounding
