@@ -112,14 +112,16 @@ def run_dates(rows) -> str:
 
 
 def write_table(rows, args, command: str, out: Path) -> None:
+    timed = args.threshold is not None  # without --threshold, no columns for it
     lines = [
         f"Command: `{command}`  ",
         f"Date: {run_dates(rows)}; machine: {platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch threads as each script's default; {args.total_timesteps} steps per run, seeds {args.seeds}.",
         "",
-        f"| env | variant | final return (mean ± std over seeds) | steps to {args.threshold} | seconds to "
-        f"{args.threshold} | runs reaching it | SPS (median) | peak RSS MB (max) |",
-        "|-|-|-|-|-|-|-|-|",
+        "| env | variant | final return (mean ± std over seeds) | "
+        + (f"steps to {args.threshold} | seconds to {args.threshold} | runs reaching it | " if timed else "")
+        + "SPS (median) | peak RSS MB (max) |",
+        "|-|-|-|-|-|" + ("-|-|-|" if timed else ""),
     ]
     for env_id in args.env_ids:
         for label, _, _ in args.variants:
@@ -127,9 +129,13 @@ def write_table(rows, args, command: str, out: Path) -> None:
             reached = [r for r in group if r["steps_to_threshold"] is not None]
             lines.append(
                 f"| {env_id} | {label} | {fmt([r['final_return'] for r in group])} | "
-                f"{fmt([r['steps_to_threshold'] for r in reached], 0)} | "
-                f"{fmt([r['seconds_to_threshold'] for r in reached])} | {len(reached)}/{len(group)} | "
-                f"{np.median([r['sps'] for r in group]):.0f} | {max(r['peak_rss_mb'] for r in group)} |"
+                + (
+                    f"{fmt([r['steps_to_threshold'] for r in reached], 0)} | "
+                    f"{fmt([r['seconds_to_threshold'] for r in reached])} | {len(reached)}/{len(group)} | "
+                    if timed
+                    else ""
+                )
+                + f"{np.median([r['sps'] for r in group]):.0f} | {max(r['peak_rss_mb'] for r in group)} |"
             )
     (out / "results.md").write_text("\n".join(lines) + "\n")
 

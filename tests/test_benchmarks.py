@@ -1,5 +1,6 @@
 """The benchmark helpers that the README's numbers come from, on tiny budgets."""
 
+import argparse
 import datetime
 import fcntl
 import importlib.util
@@ -118,6 +119,22 @@ def test_results_table_dates_the_runs_it_holds_not_the_day_it_was_written(learni
     rows = [{"run_dir": f"raw/runs/Hopper-v5__ppo_continuous_clip__{i}__{t}"} for i, t in enumerate(started)]
     assert learning.run_dates(rows[:2]) == "2026-11-23"
     assert learning.run_dates(rows) == "2026-11-23 to 2026-11-30 (--reuse)"
+
+
+@pytest.mark.parametrize("threshold", [None, 20.0])
+def test_results_table_has_threshold_columns_only_for_a_threshold(learning, tmp_path, threshold):
+    row = {"env_id": "E", "label": "A", "final_return": 10.0, "sps": 100.0, "peak_rss_mb": 300}
+    row |= {"steps_to_threshold": None, "seconds_to_threshold": None, "run_dir": "raw/runs/E__a__1__1796000000"}
+    args = argparse.Namespace(
+        threshold=threshold, total_timesteps=1000, seeds=[1], env_ids=["E"], variants=[("A", 0, 0)]
+    )
+    learning.write_table([row], args, "python benchmarks/learning.py", tmp_path)
+    header, rule, line = (tmp_path / "results.md").read_text().splitlines()[3:]
+    assert "None" not in header and ("steps to 20.0 | seconds to 20.0 | runs reaching it" in header) == bool(threshold)
+    assert header.count("|") == rule.count("|") == line.count("|") == (9 if threshold else 6)
+    assert (
+        line == "| E | A | 10.0 ± 0.0 | " + ("not reached | not reached | 0/1 | " if threshold else "") + "100 | 300 |"
+    )
 
 
 def test_invocations_sharing_an_out_folder_keep_each_others_runs(learning, tmp_path):
