@@ -254,14 +254,11 @@ def test_a_second_ctrl_c_inside_a_lock_of_the_standard_library_aborts_10_ms_late
         request_stop(signal.SIGINT, sys._getframe())  # the first Ctrl-C: stop after this iteration
         assert stop["signal"] == signal.SIGINT
         inside_notify = types.SimpleNamespace(f_globals=vars(threading))  # the frame a signal interrupts there
-        try:
-            request_stop(signal.SIGINT, inside_notify)  # not raised there...
-        except KeyboardInterrupt:
-            pytest.fail("a second Ctrl-C raised KeyboardInterrupt inside threading")
-        start = time.time()
-        with pytest.raises(KeyboardInterrupt):  # ...but here, once the signal comes again
-            time.sleep(5)
-        assert 0.005 < time.time() - start < 2
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            request_stop(signal.SIGINT, inside_notify)  # not raised there (at once)...
+            time.sleep(5)  # ...but here, once the signal comes again 10 ms later (or wherever the test is by then)
+        assert 0.005 < time.monotonic() - start < 2
         with pytest.raises(KeyboardInterrupt):
             request_stop(signal.SIGINT, sys._getframe())
     finally:
