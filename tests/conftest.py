@@ -106,9 +106,8 @@ def logs(run_dir) -> dict[str, list[tuple[int, float | str]]]:
     from tensorboard.compat.proto.event_pb2 import SessionLog
 
     paths = glob.glob(os.path.join(str(run_dir), "events.out.tfevents.*"))
-    files = [
-        events for events in (list(LegacyEventFileLoader(path).Load()) for path in paths) if events
-    ]  # not one unflushed
+    files = [list(LegacyEventFileLoader(path).Load()) for path in paths]
+    files = [events for events in files if events]  # a file whose writer has not flushed yet holds no event
     logged = {}
     for event in (event for events in sorted(files, key=lambda events: events[0].wall_time) for event in events):
         if event.HasField("session_log") and event.session_log.status == SessionLog.START:
